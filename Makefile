@@ -1,0 +1,63 @@
+# mlscale: request-driven autoscaling for ML model servers on Kubernetes.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+GO ?= go
+BIN ?= bin
+# The same flags build the binaries here and in the Dockerfile.
+GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
+export CGO_ENABLED ?= 0
+PYTHON := /usr/bin/python3
+FUZZTIME ?= 10s
+CMDS := $(notdir $(wildcard cmd/*))
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build every binary into ./bin (static, CGO_ENABLED=0).
+	@mkdir -p $(BIN)
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./cmd/...
+
+.PHONY: test
+test: ## Run the unit and integration tests, then each fuzz target briefly.
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+	@$(MAKE) --no-print-directory fuzz
+
+.PHONY: fuzz
+fuzz: ## Run every Go fuzz target for FUZZTIME (default 10s) each.
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+.PHONY: bench
+bench: deps-python ## Run the benchmarks and comparisons; report in results/bench/.
+	@mkdir -p results/bench
+	$(GO) test -run='^$$' -bench=. -benchmem ./... | tee results/bench/go-bench.txt
+
+.PHONY: lint
+lint: ## gofmt and go vet.
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: deps-python
+deps-python: ## Install Debian's python3-xgboost and python3-sklearn (fixtures, benchmarks).
+	@$(PYTHON) -c 'import xgboost, sklearn, joblib' 2>/dev/null || { \
+	  echo "installing python3-xgboost python3-sklearn (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-xgboost python3-sklearn python3-joblib >/dev/null; }
+
+.PHONY: fixtures
+fixtures: deps-python ## Retrain the iris model and regenerate golden predictions.
+	$(PYTHON) modelserver/xgboost/testdata/train.py modelserver/xgboost/testdata
+
+.PHONY: clean
+clean: ## Remove build outputs.
+	rm -rf $(BIN)
