@@ -1,0 +1,154 @@
+package xgboost
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// rawModel is what every format decodes to: XGBoost's own node arrays and
+// learner parameters, not yet checked. compile checks and flattens it.
+type rawModel struct {
+	objective   string
+	booster     string // "gbtree"; anything else is refused
+	baseScore   float32
+	numFeatures int
+	numClass    int
+	numTarget   int
+	trees       []rawTree
+	treeInfo    []int32
+}
+
+type rawTree struct {
+	left, right []int32
+	feature     []int32
+	cond        []float32 // thresholds, and leaf values at leaves
+	defaultLeft []bool
+	splitType   []uint8 // nil or all zero: numerical splits only
+}
+
+// Limits that keep a hostile file from making compile allocate or loop
+// without bound; real models are far below them.
+const (
+	maxFeatures = 1 << 24
+	maxGroups   = 1 << 16
+	maxNodes    = 1 << 28
+)
+
+func (r *rawModel) compile() (*Model, error) {
+	if r.booster != "gbtree" {
+		return nil, fmt.Errorf("booster %q is not supported (only gbtree)", r.booster)
+	}
+	if r.numFeatures <= 0 || r.numFeatures > maxFeatures {
+		return nil, fmt.Errorf("num_feature %d out of range", r.numFeatures)
+	}
+	if r.numTarget > 1 {
+		return nil, fmt.Errorf("multi-target models (num_target %d) are not supported", r.numTarget)
+	}
+	if r.numClass < 0 || r.numClass > maxGroups {
+		return nil, fmt.Errorf("num_class %d out of range", r.numClass)
+	}
+	groups := max(r.numClass, 1)
+	obj, err := lookupObjective(r.objective, groups)
+	if err != nil {
+		return nil, err
+	}
+	if math.IsNaN(float64(r.baseScore)) || math.IsInf(float64(r.baseScore), 0) {
+		return nil, fmt.Errorf("base_score %v is not finite", r.baseScore)
+	}
+	margin, err := obj.probToMargin(r.baseScore)
+	if err != nil {
+		return nil, err
+	}
+	if len(r.treeInfo) != len(r.trees) {
+		return nil, fmt.Errorf("tree_info has %d entries for %d trees", len(r.treeInfo), len(r.trees))
+	}
+	m := &Model{
+		obj:         obj,
+		numFeatures: r.numFeatures,
+		numGroups:   groups,
+		baseMargin:  margin,
+		roots:       make([]int32, len(r.trees)),
+		group:       make([]int32, len(r.trees)),
+	}
+	total := 0
+	for i := range r.trees {
+		total += len(r.trees[i].left)
+		if total > maxNodes {
+			return nil, errors.New("model has too many nodes")
+		}
+	}
+	m.nodes = make([]node, 0, total)
+	for i := range r.trees {
+		g := r.treeInfo[i]
+		if g < 0 || int(g) >= groups {
+			return nil, fmt.Errorf("tree %d: output group %d out of range [0,%d)", i, g, groups)
+		}
+		m.group[i] = g
+		m.roots[i] = int32(len(m.nodes))
+		if m.nodes, err = r.trees[i].flatten(m.nodes, r.numFeatures); err != nil {
+			return nil, fmt.Errorf("tree %d: %w", i, err)
+		}
+	}
+	return m, nil
+}
+
+// flatten appends the tree to nodes breadth-first from the root, so that
+// siblings are adjacent and children follow parents. Walking from the root
+// also proves the tree is a tree: every reachable index is in range and is
+// visited once.
+func (t *rawTree) flatten(nodes []node, numFeatures int) ([]node, error) {
+	n := len(t.left)
+	if n == 0 {
+		return nil, errors.New("tree has no nodes")
+	}
+	if len(t.right) != n || len(t.feature) != n || len(t.cond) != n || len(t.defaultLeft) != n ||
+		(t.splitType != nil && len(t.splitType) != n) {
+		return nil, fmt.Errorf("node arrays disagree on the node count %d", n)
+	}
+	base := int32(len(nodes))
+	seen := make([]bool, n)
+	seen[0] = true
+	// queue[k] is the original index of the node placed at base+k.
+	queue := make([]int32, 1, n)
+	for k := 0; k < len(queue); k++ {
+		i := queue[k]
+		l, r := t.left[i], t.right[i]
+		c := t.cond[i]
+		if math.IsNaN(float64(c)) {
+			return nil, fmt.Errorf("node %d: NaN split condition or leaf value", i)
+		}
+		if l == -1 {
+			if r != -1 {
+				return nil, fmt.Errorf("node %d: has a right child but no left child", i)
+			}
+			nodes = append(nodes, node{cond: c})
+			continue
+		}
+		if l < 0 || int(l) >= n || r < 0 || int(r) >= n {
+			return nil, fmt.Errorf("node %d: child index out of range", i)
+		}
+		if seen[l] || seen[r] || l == r {
+			return nil, fmt.Errorf("node %d: child already used (not a tree)", i)
+		}
+		seen[l], seen[r] = true, true
+		if t.splitType != nil && t.splitType[i] != 0 {
+			return nil, fmt.Errorf("node %d: categorical splits are not supported", i)
+		}
+		f := t.feature[i]
+		if f < 0 || int(f) >= numFeatures {
+			return nil, fmt.Errorf("node %d: split feature %d out of range [0,%d)", i, f, numFeatures)
+		}
+		flag := uint32(0)
+		if t.defaultLeft[i] {
+			flag = defaultLeft
+		}
+		nodes = append(nodes, node{
+			cond: c,
+			feat: uint32(f) | flag,
+			left: base + int32(len(queue)),
+		})
+		queue = append(queue, l, r)
+	}
+	return nodes, nil
+}
