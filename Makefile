@@ -58,6 +58,10 @@ deps-python: ## Install Debian's python3-xgboost and python3-sklearn (fixtures, 
 fixtures: deps-python ## Retrain the iris model and regenerate golden predictions.
 	$(PYTHON) modelserver/xgboost/testdata/train.py modelserver/xgboost/testdata
 
+.PHONY: certs
+certs: ## Write the CA and the adapter/scaler/KEDA certificates for manifests/components/certs (keys stay git-ignored).
+	$(GO) run ./scripts/certs -out manifests/components/certs/generated
+
 .PHONY: clean
 clean: ## Remove build outputs.
 	rm -rf $(BIN)
