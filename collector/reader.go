@@ -40,3 +40,35 @@ type Reader interface {
 	// ErrNoData (wrapped) rather than returning an empty or zero answer.
 	PodValues(ctx context.Context, metric, namespace string, sel labels.Selector) ([]PodValue, error)
 }
+
+// Workload kinds SelectorFor resolves. Matching is case-insensitive and also
+// accepts the plural resource and the short names kubectl knows
+// ("deployments", "deploy", "seldondeployments", "sdep", "services", "svc").
+const (
+	KindDeployment       = "Deployment"
+	KindSeldonDeployment = "SeldonDeployment"
+	KindService          = "Service"
+)
+
+// SeldonDeploymentLabel is the label Seldon Core v1's operator puts on every
+// pod (and Deployment and Service) it creates for a SeldonDeployment, with the
+// SeldonDeployment's name as value.
+const SeldonDeploymentLabel = "seldon-deployment-id"
+
+// ErrUnsupportedKind is returned (wrapped) by SelectorFor for a kind it does
+// not know.
+var ErrUnsupportedKind = errors.New("unsupported workload kind")
+
+// ErrWorkloadNotFound is returned (wrapped) by SelectorFor when the named
+// workload does not exist (or selects no pods by construction, such as a
+// Service without a selector).
+var ErrWorkloadNotFound = errors.New("workload not found")
+
+// SelectorResolver resolves a workload to the label selector of its pods, so a
+// caller that names a Deployment, SeldonDeployment or Service can read
+// PodValues for exactly its pods.
+type SelectorResolver interface {
+	// SelectorFor returns the pod selector of the workload kind/namespace/name.
+	// It fails with ErrUnsupportedKind or ErrWorkloadNotFound (wrapped).
+	SelectorFor(ctx context.Context, kind, namespace, name string) (labels.Selector, error)
+}
