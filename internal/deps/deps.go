@@ -17,6 +17,7 @@ import (
 	_ "github.com/prometheus/common/expfmt"
 	_ "github.com/schollz/progressbar/v3"
 	_ "github.com/tsenart/vegeta/v12/lib"
+	_ "github.com/vishvananda/netlink"
 	_ "github.com/valyala/fastjson"
 	_ "golang.org/x/mod/modfile"
 	_ "golang.org/x/term"
