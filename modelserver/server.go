@@ -184,7 +184,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 func (s *Server) Ready() bool { return s.ready.Load() }
 
 // Serve serves on lis until ctx is cancelled, then drains: readiness turns
-// false at once and keep-alive ends, serving continues for DrainDelay,
+// false at once and answers close their connections, serving continues for DrainDelay,
 // then the listener closes and Serve waits up to ShutdownTimeout for
 // in-flight requests. It returns nil after a clean drain.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
@@ -203,10 +203,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	case <-ctx.Done():
 	}
 
+	// Readiness false also makes every answer carry Connection: close (see
+	// routes), so clients reconnect and, once the endpoint is gone, land on
+	// another pod. Not srv.SetKeepAlivesEnabled(false): it also closes idle
+	// connections at once, racing with clients that are just sending a
+	// request on one, and a POST that lost that race is not retried.
 	s.ready.Store(false)
-	// Answers now carry Connection: close, so clients reconnect and, once
-	// the endpoint is gone, land on another pod instead of this one.
-	srv.SetKeepAlivesEnabled(false)
 	s.log.Info("draining: readiness false, still serving", "drain_delay", s.opts.DrainDelay)
 	if s.opts.DrainDelay > 0 {
 		t := time.NewTimer(s.opts.DrainDelay)
@@ -523,7 +525,12 @@ func (s *Server) routes() http.Handler {
 		http.StripPrefix(prefix, inner).ServeHTTP(w, r)
 	})
 	outer.Handle("/", inner)
-	return outer
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.ready.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		outer.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) readyProbe(w http.ResponseWriter, r *http.Request) {
