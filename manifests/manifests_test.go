@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -550,6 +551,9 @@ func TestLocalOverlayRunsAsProcesses(t *testing.T) {
 	}
 }
 
+// privateKeyPEM matches any PEM private key block (PKCS#8, EC, RSA).
+var privateKeyPEM = regexp.MustCompile(`-----BEGIN [A-Z ]*PRIVATE KEY-----`)
+
 // TestNoCommittedPrivateKeys guards the rule that keys are generated, never
 // committed: no tracked file under manifests/ holds one.
 func TestNoCommittedPrivateKeys(t *testing.T) {
@@ -562,7 +566,7 @@ func TestNoCommittedPrivateKeys(t *testing.T) {
 		if err != nil {
 			continue // deleted in the work tree
 		}
-		if strings.Contains(string(b), "PRIVATE KEY-----") {
+		if privateKeyPEM.Match(b) {
 			t.Errorf("%s holds a private key", f)
 		}
 	}
