@@ -72,3 +72,25 @@ type SelectorResolver interface {
 	// It fails with ErrUnsupportedKind or ErrWorkloadNotFound (wrapped).
 	SelectorFor(ctx context.Context, kind, namespace, name string) (labels.Selector, error)
 }
+
+// Aggregate is one metric over a set of pods, such as a workload's.
+type Aggregate struct {
+	Value float64
+	// Pods is how many pods contributed.
+	Pods int
+	// Timestamp is the oldest of the contributing pods' newest samples: the
+	// aggregate is only as fresh as its stalest part.
+	Timestamp time.Time
+	// Window is the longest span of samples behind Value.
+	Window time.Duration
+}
+
+// Aggregator combines the selected pods' data into one value the way the
+// metric's rule says: rates and gauges add up by default, histogram means and
+// quantiles pool the pods' increases (so the answer is the workload's mean
+// or p99, not an average of averages).
+type Aggregator interface {
+	// AggregateValue fails like PodValues: ErrUnknownMetric or ErrNoData
+	// (wrapped), never a zero for "nothing known".
+	AggregateValue(ctx context.Context, metric, namespace string, sel labels.Selector) (Aggregate, error)
+}
