@@ -7,6 +7,7 @@ package deps
 import (
 	_ "github.com/HdrHistogram/hdrhistogram-go"
 	_ "github.com/google/go-cmp/cmp"
+	_ "github.com/grafana/grafana-foundation-sdk/go/dashboard"
 	_ "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	_ "github.com/json-iterator/go"
 	_ "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
@@ -15,6 +16,7 @@ import (
 	_ "github.com/prometheus/client_golang/prometheus"
 	_ "github.com/prometheus/client_golang/prometheus/testutil"
 	_ "github.com/prometheus/common/expfmt"
+	_ "github.com/prometheus/prometheus/promql/parser"
 	_ "github.com/schollz/progressbar/v3"
 	_ "github.com/tsenart/vegeta/v12/lib"
 	_ "github.com/vishvananda/netlink"
