@@ -1,0 +1,333 @@
+// Package scaler is a KEDA external scaler (the ExternalScaler gRPC service of
+// KEDA's `external` and `external-push` triggers) over the collector's per-pod
+// window. It never scrapes: every answer is read through the same
+// collector.Reader the custom-metrics adapter serves from, so both front doors
+// report the same numbers. It can run on its own (cmd/scaler) or inside the
+// adapter process sharing one collector: New, then Serve or Register.
+package scaler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/labels"
+
+	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"github.com/mlscale/mlscale/collector"
+)
+
+// Reader is the part of collector.Reader the scaler reads.
+type Reader interface {
+	Metrics() []string
+	PodValues(ctx context.Context, metric, namespace string, sel labels.Selector) ([]collector.PodValue, error)
+}
+
+// Resolver turns a named workload into its pods' selector
+// (collector.SelectorResolver).
+type Resolver interface {
+	SelectorFor(ctx context.Context, kind, namespace, name string) (labels.Selector, error)
+}
+
+// PodCounter says how many pods a selector matches whether or not they have
+// been scraped. With it, "no data because there are no pods" (a workload KEDA
+// scaled to zero: legitimately idle, value 0) is told apart from "pods exist
+// but have no data" (unknown: an error). Without it every no-data answer is an
+// error, which is safe but keeps a ScaledObject at zero replicas not Ready.
+type PodCounter interface {
+	CountPods(ctx context.Context, namespace string, sel labels.Selector) (int, error)
+}
+
+// ServiceName is the gRPC service name KEDA calls, also used for health.
+const ServiceName = "externalscaler.ExternalScaler"
+
+// Server implements pb.ExternalScalerServer.
+type Server struct {
+	pb.UnimplementedExternalScalerServer
+
+	reader   Reader
+	resolver Resolver
+	pods     PodCounter
+	cfg      Config
+	log      *slog.Logger
+	metrics  *metrics
+	health   *health.Server
+
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+var _ pb.ExternalScalerServer = (*Server)(nil)
+
+// New returns a scaler reading from reader, resolving workload names with
+// resolver. cfg.Pods (optional) distinguishes zero pods from unscraped pods.
+// Its metrics are registered on cfg.Registry (a fresh registry when nil).
+func New(reader Reader, resolver Resolver, cfg Config) *Server {
+	cfg.defaults()
+	s := &Server{
+		reader:   reader,
+		resolver: resolver,
+		pods:     cfg.Pods,
+		cfg:      cfg,
+		log:      cfg.Logger,
+		metrics:  newMetrics(cfg.Registry),
+		health:   health.NewServer(),
+		done:     make(chan struct{}),
+	}
+	s.health.SetServingStatus(ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return s
+}
+
+// Register adds the ExternalScaler and the standard gRPC health service to gs
+// and pre-initialises the RPC metrics. gs should be built with
+// GRPCServerOptions so that RPCs are counted and TLS applies.
+func (s *Server) Register(gs *grpc.Server) {
+	pb.RegisterExternalScalerServer(gs, s)
+	healthpb.RegisterHealthServer(gs, s.health)
+	s.metrics.grpc.InitializeMetrics(gs)
+}
+
+// Shutdown ends open streams (with Unavailable, so KEDA reconnects, possibly
+// to another replica) and reports NOT_SERVING on the health service. Call it
+// before grpc.Server.GracefulStop, which otherwise waits for streams that
+// never end on their own.
+func (s *Server) Shutdown() {
+	s.closeOnce.Do(func() {
+		s.health.Shutdown()
+		close(s.done)
+	})
+}
+
+// IsActive reports whether the workload's value is above activationValue.
+func (s *Server) IsActive(ctx context.Context, ref *pb.ScaledObjectRef) (*pb.IsActiveResponse, error) {
+	t, err := s.trigger(ref)
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.value(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.IsActiveResponse{Result: v > t.Activation}, nil
+}
+
+// GetMetricSpec returns the trigger's one metric and its target.
+func (s *Server) GetMetricSpec(_ context.Context, ref *pb.ScaledObjectRef) (*pb.GetMetricSpecResponse, error) {
+	t, err := s.trigger(ref)
+	if err != nil {
+		return nil, err
+	}
+	return metricSpec(t), nil
+}
+
+// GetMetrics returns the workload's aggregated value.
+func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb.GetMetricsResponse, error) {
+	t, err := s.trigger(req.GetScaledObjectRef())
+	if err != nil {
+		return nil, err
+	}
+	// KEDA asks with the name GetMetricSpec returned (its "sN-" prefix
+	// removed); anything else is a caller mixing up triggers.
+	if name := req.GetMetricName(); name != "" && name != t.Metric {
+		return nil, invalid("metricName: request asks for %q but the trigger's %s is %q", name, KeyMetricName, t.Metric)
+	}
+	v, err := s.value(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.GetMetricsResponse{MetricValues: []*pb.MetricValue{{
+		MetricName:       t.Metric,
+		MetricValue:      toInt64(v),
+		MetricValueFloat: v,
+	}}}, nil
+}
+
+// StreamIsActive sends the current state at once, then every change. The
+// collector's window is polled every cfg.PollInterval, a fraction of its
+// scrape interval, so a crossing is pushed within one scrape interval of the
+// scrape that saw it. While the value is unknown (no data, scrape failing) the
+// stream stays open and silent: "no data" must not be pushed as "inactive",
+// and KEDA's polling IsActive/GetMetrics report the error meanwhile.
+func (s *Server) StreamIsActive(ref *pb.ScaledObjectRef, stream grpc.ServerStreamingServer[pb.IsActiveResponse]) error {
+	t, err := s.trigger(ref)
+	if err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	v, err := s.value(ctx, t)
+	if err != nil {
+		return err
+	}
+	done := s.metrics.streamOpened("StreamIsActive")
+	defer done()
+
+	last := v > t.Activation
+	if err := stream.Send(&pb.IsActiveResponse{Result: last}); err != nil {
+		return err
+	}
+	s.metrics.pushes.WithLabelValues("StreamIsActive").Inc()
+	tick := time.NewTicker(s.cfg.PollInterval)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-s.done:
+			return status.Error(codes.Unavailable, "scaler shutting down")
+		case <-tick.C:
+		}
+		v, err := s.value(ctx, t)
+		if err != nil {
+			if !failing && ctx.Err() == nil {
+				s.log.Warn("StreamIsActive: value unknown, holding last state", "scaledObject", ref.GetNamespace()+"/"+ref.GetName(), "err", err)
+			}
+			failing = true
+			continue
+		}
+		failing = false
+		if a := v > t.Activation; a != last {
+			if err := stream.Send(&pb.IsActiveResponse{Result: a}); err != nil {
+				return err
+			}
+			last = a
+			s.metrics.pushes.WithLabelValues("StreamIsActive").Inc()
+		}
+	}
+}
+
+// StreamMetricSpec sends the current spec at once and keeps the stream open.
+// The spec depends only on the trigger metadata, and KEDA rebuilds its scaler
+// (and reopens this stream) when the ScaledObject changes, so there is never
+// a later update to push; GetMetricSpec returns the same answer.
+func (s *Server) StreamMetricSpec(ref *pb.ScaledObjectRef, stream grpc.ServerStreamingServer[pb.GetMetricSpecResponse]) error {
+	t, err := s.trigger(ref)
+	if err != nil {
+		return err
+	}
+	done := s.metrics.streamOpened("StreamMetricSpec")
+	defer done()
+	if err := stream.Send(metricSpec(t)); err != nil {
+		return err
+	}
+	s.metrics.pushes.WithLabelValues("StreamMetricSpec").Inc()
+	select {
+	case <-stream.Context().Done():
+		return status.FromContextError(stream.Context().Err()).Err()
+	case <-s.done:
+		return status.Error(codes.Unavailable, "scaler shutting down")
+	}
+}
+
+func (s *Server) trigger(ref *pb.ScaledObjectRef) (*Trigger, error) {
+	return ParseTrigger(ref, s.reader.Metrics())
+}
+
+func metricSpec(t *Trigger) *pb.GetMetricSpecResponse {
+	// The deprecated integer target must not be 0 for a positive float
+	// target: older KEDA versions read only this field.
+	return &pb.GetMetricSpecResponse{MetricSpecs: []*pb.MetricSpec{{
+		MetricName:      t.Metric,
+		TargetSize:      max(1, toInt64(t.Target)),
+		TargetSizeFloat: t.Target,
+	}}}
+}
+
+// Outcomes of one evaluation (the `outcome` label).
+const (
+	outcomeOK       = "ok"
+	outcomeNoPods   = "no_pods"
+	outcomeNoData   = "no_data"
+	outcomeNotFound = "not_found"
+	outcomeError    = "error"
+)
+
+// value reads and aggregates the trigger's metric. Errors are gRPC statuses:
+// NotFound for a named workload that does not exist, Unavailable for pods that
+// exist but have no data (not scraped yet, scrapes failing) and for backend
+// failures, whose details go to the log rather than to the caller.
+func (s *Server) value(ctx context.Context, t *Trigger) (float64, error) {
+	sel := t.Selector
+	if sel == nil {
+		var err error
+		sel, err = s.resolver.SelectorFor(ctx, t.Kind, t.Namespace, t.Name)
+		switch {
+		case errors.Is(err, collector.ErrWorkloadNotFound):
+			s.metrics.outcome(t.Metric, outcomeNotFound)
+			return 0, status.Errorf(codes.NotFound, "%s: %s %s/%s not found or selects no pods", workloadKey(t.Kind), t.Kind, t.Namespace, t.Name)
+		case err != nil:
+			return 0, s.backendError(ctx, t, "resolving the workload", err)
+		}
+	}
+	values, err := s.reader.PodValues(ctx, t.Metric, t.Namespace, sel)
+	switch {
+	case err == nil && len(values) > 0:
+		s.metrics.outcome(t.Metric, outcomeOK)
+		return t.Aggregation.apply(values), nil
+	case errors.Is(err, collector.ErrUnknownMetric):
+		s.metrics.outcome(t.Metric, outcomeError)
+		return 0, invalid("%s: %q is not served", KeyMetricName, t.Metric)
+	case err == nil || errors.Is(err, collector.ErrNoData):
+		if s.pods != nil {
+			n, cerr := s.pods.CountPods(ctx, t.Namespace, sel)
+			if cerr == nil && n == 0 {
+				// Scaled to zero: nothing is being served, which is a
+				// real, known zero rather than missing data.
+				s.metrics.outcome(t.Metric, outcomeNoPods)
+				return 0, nil
+			}
+			if cerr != nil {
+				s.log.Warn("counting pods failed", "namespace", t.Namespace, "selector", sel.String(), "err", cerr)
+			}
+		}
+		s.metrics.outcome(t.Metric, outcomeNoData)
+		return 0, status.Errorf(codes.Unavailable, "no data for %s from the pods of %s: not scraped yet or scrapes failing", t.Metric, t.describe())
+	default:
+		return 0, s.backendError(ctx, t, "reading "+t.Metric, err)
+	}
+}
+
+func (s *Server) backendError(ctx context.Context, t *Trigger, doing string, err error) error {
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	s.metrics.outcome(t.Metric, outcomeError)
+	s.log.Error(doing+" failed", "workload", t.describe(), "err", err)
+	return status.Errorf(codes.Unavailable, "%s for %s failed; see the scaler's log", doing, t.describe())
+}
+
+func (t *Trigger) describe() string {
+	if t.Selector != nil {
+		return fmt.Sprintf("namespace %s selector %q", t.Namespace, t.Selector.String())
+	}
+	return fmt.Sprintf("%s %s/%s", t.Kind, t.Namespace, t.Name)
+}
+
+func workloadKey(kind string) string {
+	for _, w := range workloadKeys {
+		if w.kind == kind {
+			return w.key
+		}
+	}
+	return KeyLabelSelector
+}
+
+// toInt64 fills KEDA's deprecated integer fields.
+func toInt64(v float64) int64 {
+	switch {
+	case v >= math.MaxInt64:
+		return math.MaxInt64
+	case v <= math.MinInt64:
+		return math.MinInt64
+	}
+	return int64(math.Round(v))
+}

@@ -1,0 +1,300 @@
+package scaler
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/labels"
+
+	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"github.com/mlscale/mlscale/collector"
+)
+
+// Trigger metadata keys. A ScaledObject's `external` / `external-push` trigger
+// carries them in `metadata`; KEDA forwards the whole map as
+// ScaledObjectRef.scalerMetadata.
+const (
+	KeyNamespace            = "namespace"
+	KeyDeploymentName       = "deploymentName"
+	KeySeldonDeploymentName = "seldonDeploymentName"
+	KeyServiceName          = "serviceName"
+	KeyLabelSelector        = "labelSelector"
+	KeyMetricName           = "metricName"
+	KeyTargetValue          = "targetValue"
+	KeyActivationValue      = "activationValue"
+	KeyAggregation          = "aggregation"
+)
+
+// KEDA's own keys for the external scaler; they reach us in the same map and
+// are accepted without meaning anything here.
+var kedaKeys = []string{"scalerAddress", "enableTLS", "unsafeSsl"}
+
+// fromEnvSuffix: KEDA resolves `<key>FromEnv: ENV_VAR` against the scale
+// target's container environment and forwards it under the same suffixed key,
+// so every key may also arrive as <key>FromEnv.
+const fromEnvSuffix = "FromEnv"
+
+var ownKeys = []string{
+	KeyNamespace, KeyDeploymentName, KeySeldonDeploymentName, KeyServiceName,
+	KeyLabelSelector, KeyMetricName, KeyTargetValue, KeyActivationValue, KeyAggregation,
+}
+
+// Aggregation folds the per-pod values of one workload into the one number
+// KEDA asks for.
+type Aggregation string
+
+// Aggregations.
+const (
+	// Sum suits rates, in-flight counts and CPU: KEDA's default metric type
+	// AverageValue makes the HPA divide the value by the replica count, so the
+	// sum over pods becomes "per pod" on the HPA side.
+	Sum Aggregation = "sum"
+	// Mean suits per-request quantities (batch size, latency) whose sum over
+	// pods means nothing.
+	Mean Aggregation = "mean"
+	Max  Aggregation = "max"
+	Min  Aggregation = "min"
+)
+
+var aggregations = []Aggregation{Sum, Mean, Max, Min}
+
+// DefaultAggregations is the aggregation used for the adapter's default metric
+// names when the trigger names none. A served metric not listed here needs an
+// explicit `aggregation`.
+var defaultAggregations = map[string]Aggregation{
+	"requests_per_second":          Sum,
+	"predicted_rows_per_second":    Sum,
+	"inflight_requests":            Sum,
+	"cpu_usage_cores":              Sum,
+	"batch_size":                   Mean,
+	"request_duration_p99_seconds": Mean,
+}
+
+// DefaultAggregation returns the aggregation a trigger gets for metric when it
+// names none, and whether there is one.
+func DefaultAggregation(metric string) (Aggregation, bool) {
+	a, ok := defaultAggregations[metric]
+	return a, ok
+}
+
+func (a Aggregation) apply(values []collector.PodValue) float64 {
+	switch a {
+	case Mean:
+		var s float64
+		for _, v := range values {
+			s += v.Value
+		}
+		return s / float64(len(values))
+	case Max:
+		m := math.Inf(-1)
+		for _, v := range values {
+			m = math.Max(m, v.Value)
+		}
+		return m
+	case Min:
+		m := math.Inf(1)
+		for _, v := range values {
+			m = math.Min(m, v.Value)
+		}
+		return m
+	default:
+		var s float64
+		for _, v := range values {
+			s += v.Value
+		}
+		return s
+	}
+}
+
+// Trigger is one ScaledObject trigger's parsed, validated metadata.
+type Trigger struct {
+	Namespace string
+	// Kind and Name name the workload (collector.Kind*); both empty when
+	// Selector came from labelSelector.
+	Kind, Name string
+	// Selector is set when the trigger gave labelSelector.
+	Selector labels.Selector
+
+	Metric      string
+	Target      float64
+	Activation  float64
+	Aggregation Aggregation
+}
+
+// workloadKeys map the mutually exclusive "which pods" keys to kinds.
+var workloadKeys = []struct{ key, kind string }{
+	{KeyDeploymentName, collector.KindDeployment},
+	{KeySeldonDeploymentName, collector.KindSeldonDeployment},
+	{KeyServiceName, collector.KindService},
+	{KeyLabelSelector, ""},
+}
+
+// ParseTrigger validates a ScaledObjectRef's metadata. served lists the metric
+// names the collector serves. Every error is a gRPC InvalidArgument status
+// whose message names the offending key, so KEDA's log and the ScaledObject's
+// events say what to fix.
+func ParseTrigger(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
+	if ref == nil {
+		return nil, invalid("scaledObjectRef is required")
+	}
+	md := ref.GetScalerMetadata()
+	if err := checkKeys(md); err != nil {
+		return nil, err
+	}
+	get := func(key string) (string, error) {
+		v, okPlain := md[key]
+		e, okEnv := md[key+fromEnvSuffix]
+		if okPlain && okEnv {
+			return "", invalid("%s and %s%s are mutually exclusive", key, key, fromEnvSuffix)
+		}
+		if okEnv {
+			v = e
+		}
+		return strings.TrimSpace(v), nil
+	}
+	t := &Trigger{}
+	var err error
+
+	if t.Namespace, err = get(KeyNamespace); err != nil {
+		return nil, err
+	}
+	if t.Namespace == "" {
+		t.Namespace = ref.GetNamespace()
+	}
+	if t.Namespace == "" {
+		return nil, invalid("%s: not set in the trigger metadata and the ScaledObjectRef has no namespace", KeyNamespace)
+	}
+
+	var given []string
+	for _, w := range workloadKeys {
+		v, err := get(w.key)
+		if err != nil {
+			return nil, err
+		}
+		if v == "" {
+			continue
+		}
+		given = append(given, w.key)
+		if w.kind == "" {
+			sel, err := labels.Parse(v)
+			if err != nil {
+				return nil, invalid("%s: %v", KeyLabelSelector, err)
+			}
+			if sel.Empty() {
+				return nil, invalid("%s: %q selects every pod in the namespace; name the model server's labels", KeyLabelSelector, v)
+			}
+			t.Selector = sel
+		} else {
+			t.Kind, t.Name = w.kind, v
+		}
+	}
+	switch len(given) {
+	case 0:
+		return nil, invalid("one of %s, %s, %s or %s is required", KeyDeploymentName, KeySeldonDeploymentName, KeyServiceName, KeyLabelSelector)
+	case 1:
+	default:
+		return nil, invalid("%s are mutually exclusive: give one", strings.Join(given, " and "))
+	}
+
+	if t.Metric, err = get(KeyMetricName); err != nil {
+		return nil, err
+	}
+	if t.Metric == "" {
+		return nil, invalid("%s is required (one of %s)", KeyMetricName, strings.Join(sorted(served), ", "))
+	}
+	if !slices.Contains(served, t.Metric) {
+		return nil, invalid("%s: %q is not served (one of %s)", KeyMetricName, t.Metric, strings.Join(sorted(served), ", "))
+	}
+
+	if t.Target, err = number(get, KeyTargetValue, true); err != nil {
+		return nil, err
+	}
+	if !(t.Target > 0) {
+		return nil, invalid("%s: must be greater than 0, got %v", KeyTargetValue, t.Target)
+	}
+	if t.Activation, err = number(get, KeyActivationValue, false); err != nil {
+		return nil, err
+	}
+	if t.Activation < 0 {
+		return nil, invalid("%s: must not be negative, got %v", KeyActivationValue, t.Activation)
+	}
+
+	agg, err := get(KeyAggregation)
+	if err != nil {
+		return nil, err
+	}
+	if agg == "" {
+		a, ok := DefaultAggregation(t.Metric)
+		if !ok {
+			return nil, invalid("%s is required for metric %q (one of %s)", KeyAggregation, t.Metric, aggregationNames())
+		}
+		t.Aggregation = a
+	} else {
+		t.Aggregation = Aggregation(strings.ToLower(agg))
+		if !slices.Contains(aggregations, t.Aggregation) {
+			return nil, invalid("%s: %q is not one of %s", KeyAggregation, agg, aggregationNames())
+		}
+	}
+	return t, nil
+}
+
+// number parses a finite float; an absent optional key is 0.
+func number(get func(string) (string, error), key string, required bool) (float64, error) {
+	s, err := get(key)
+	if err != nil {
+		return 0, err
+	}
+	if s == "" {
+		if required {
+			return 0, invalid("%s is required", key)
+		}
+		return 0, nil
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0, invalid("%s: %q is not a finite number", key, s)
+	}
+	return v, nil
+}
+
+// checkKeys rejects keys nobody reads: a typo such as "targetvalue" would
+// otherwise silently fall back to a default.
+func checkKeys(md map[string]string) error {
+	var unknown []string
+	for k := range md {
+		base := strings.TrimSuffix(k, fromEnvSuffix)
+		if slices.Contains(ownKeys, base) || slices.Contains(kedaKeys, k) {
+			continue
+		}
+		unknown = append(unknown, k)
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return invalid("unknown metadata key(s) %s (known: %s)", strings.Join(unknown, ", "), strings.Join(ownKeys, ", "))
+	}
+	return nil
+}
+
+func aggregationNames() string {
+	s := make([]string, len(aggregations))
+	for i, a := range aggregations {
+		s[i] = string(a)
+	}
+	return strings.Join(s, ", ")
+}
+
+func sorted(s []string) []string {
+	c := slices.Clone(s)
+	sort.Strings(c)
+	return c
+}
+
+func invalid(format string, args ...any) error {
+	return status.Error(codes.InvalidArgument, fmt.Sprintf(format, args...))
+}
