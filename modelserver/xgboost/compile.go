@@ -68,8 +68,7 @@ func (r *rawModel) compile() (*Model, error) {
 		numFeatures: r.numFeatures,
 		numGroups:   groups,
 		baseMargin:  margin,
-		roots:       make([]int32, len(r.trees)),
-		group:       make([]int32, len(r.trees)),
+		trees:       make([]tree, len(r.trees)),
 	}
 	total := 0
 	for i := range r.trees {
@@ -79,76 +78,82 @@ func (r *rawModel) compile() (*Model, error) {
 		}
 	}
 	m.nodes = make([]node, 0, total)
+	m.leaf = make([]float32, 0, total)
 	for i := range r.trees {
 		g := r.treeInfo[i]
 		if g < 0 || int(g) >= groups {
 			return nil, fmt.Errorf("tree %d: output group %d out of range [0,%d)", i, g, groups)
 		}
-		m.group[i] = g
-		m.roots[i] = int32(len(m.nodes))
-		if m.nodes, err = r.trees[i].flatten(m.nodes, r.numFeatures); err != nil {
+		m.trees[i] = tree{root: int32(len(m.nodes)), group: g}
+		if m.trees[i].depth, err = r.trees[i].flatten(m, r.numFeatures); err != nil {
 			return nil, fmt.Errorf("tree %d: %w", i, err)
 		}
 	}
 	return m, nil
 }
 
-// flatten appends the tree to nodes breadth-first from the root, so that
-// siblings are adjacent and children follow parents. Walking from the root
-// also proves the tree is a tree: every reachable index is in range and is
-// visited once.
-func (t *rawTree) flatten(nodes []node, numFeatures int) ([]node, error) {
+// flatten appends the tree to m.nodes breadth-first from the root, so that
+// siblings are adjacent and children follow parents, and returns its depth.
+// Walking from the root also proves the tree is a tree: every reachable
+// index is in range and is visited once.
+func (t *rawTree) flatten(m *Model, numFeatures int) (int32, error) {
 	n := len(t.left)
 	if n == 0 {
-		return nil, errors.New("tree has no nodes")
+		return 0, errors.New("tree has no nodes")
 	}
 	if len(t.right) != n || len(t.feature) != n || len(t.cond) != n || len(t.defaultLeft) != n ||
 		(t.splitType != nil && len(t.splitType) != n) {
-		return nil, fmt.Errorf("node arrays disagree on the node count %d", n)
+		return 0, fmt.Errorf("node arrays disagree on the node count %d", n)
 	}
-	base := int32(len(nodes))
+	base := int32(len(m.nodes))
 	seen := make([]bool, n)
 	seen[0] = true
-	// queue[k] is the original index of the node placed at base+k.
+	// queue[k] is the original index of the node placed at base+k, at
+	// depth depths[k].
 	queue := make([]int32, 1, n)
+	depths := make([]int32, 1, n)
+	maxDepth := int32(0)
 	for k := 0; k < len(queue); k++ {
-		i := queue[k]
+		i, d := queue[k], depths[k]
+		self := base + int32(k)
 		l, r := t.left[i], t.right[i]
 		c := t.cond[i]
 		if math.IsNaN(float64(c)) {
-			return nil, fmt.Errorf("node %d: NaN split condition or leaf value", i)
+			return 0, fmt.Errorf("node %d: NaN split condition or leaf value", i)
 		}
 		if l == -1 {
 			if r != -1 {
-				return nil, fmt.Errorf("node %d: has a right child but no left child", i)
+				return 0, fmt.Errorf("node %d: has a right child but no left child", i)
 			}
-			nodes = append(nodes, node{cond: c})
+			// No comparison with NaN is true and missing goes left,
+			// so a leaf's only exit is back to itself.
+			m.nodes = append(m.nodes, node{cond: float32(math.NaN()), left: self})
+			m.leaf = append(m.leaf, c)
+			maxDepth = max(maxDepth, d)
 			continue
 		}
 		if l < 0 || int(l) >= n || r < 0 || int(r) >= n {
-			return nil, fmt.Errorf("node %d: child index out of range", i)
+			return 0, fmt.Errorf("node %d: child index out of range", i)
 		}
 		if seen[l] || seen[r] || l == r {
-			return nil, fmt.Errorf("node %d: child already used (not a tree)", i)
+			return 0, fmt.Errorf("node %d: child already used (not a tree)", i)
 		}
 		seen[l], seen[r] = true, true
 		if t.splitType != nil && t.splitType[i] != 0 {
-			return nil, fmt.Errorf("node %d: categorical splits are not supported", i)
+			return 0, fmt.Errorf("node %d: categorical splits are not supported", i)
 		}
 		f := t.feature[i]
 		if f < 0 || int(f) >= numFeatures {
-			return nil, fmt.Errorf("node %d: split feature %d out of range [0,%d)", i, f, numFeatures)
+			return 0, fmt.Errorf("node %d: split feature %d out of range [0,%d)", i, f, numFeatures)
 		}
 		flag := uint32(0)
-		if t.defaultLeft[i] {
-			flag = defaultLeft
+		if !t.defaultLeft[i] {
+			flag = defaultRight
 		}
-		nodes = append(nodes, node{
-			cond: c,
-			feat: uint32(f) | flag,
-			left: base + int32(len(queue)),
-		})
+		m.nodes = append(m.nodes, node{cond: c, feat: uint32(f) | flag, left: base + int32(len(queue))})
+		m.leaf = append(m.leaf, 0)
 		queue = append(queue, l, r)
+		depths = append(depths, d+1, d+1)
 	}
-	return nodes, nil
+	return maxDepth, nil
 }

@@ -29,23 +29,30 @@ type Model struct {
 
 	// nodes holds every tree, each laid out breadth-first so that a node's
 	// right child is always left+1: one 12-byte record per node, one array
-	// for the whole ensemble, so evaluation walks contiguous memory.
+	// for the whole ensemble. A leaf points to itself and never moves, so
+	// every row walks exactly its tree's depth with no leaf test and no
+	// data-dependent branch (see margins).
 	nodes []node
-	roots []int32 // index in nodes of each tree's root, in boosting order
-	group []int32 // output group of each tree (XGBoost's tree_info)
+	leaf  []float32 // leaf values, by node index
+	trees []tree    // in boosting order
 }
 
-// node is one flattened tree node. Children of a node always come after it,
-// so left == 0 can only mean "leaf".
+// node is one flattened tree node.
 type node struct {
-	cond float32 // split threshold; for a leaf, the leaf value
-	feat uint32  // feature index, with defaultLeft set when missing goes left
+	cond float32 // split threshold; NaN for a leaf, so no value moves it
+	feat uint32  // feature index, with defaultRight set when missing goes right
 	left int32   // index of the left child; the right child is left+1
 }
 
+type tree struct {
+	root  int32 // index of the root in Model.nodes
+	depth int32 // longest root-to-leaf path
+	group int32 // output group (XGBoost's tree_info)
+}
+
 const (
-	defaultLeft = 1 << 31
-	featMask    = defaultLeft - 1
+	defaultRight = 1 << 31
+	featMask     = defaultRight - 1
 )
 
 // Load reads a model file, detecting the format from its content (XGBoost
@@ -95,4 +102,4 @@ func (m *Model) NumOutputs() int {
 func (m *Model) Objective() string { return m.obj.name }
 
 // NumTrees is the number of trees in the ensemble.
-func (m *Model) NumTrees() int { return len(m.roots) }
+func (m *Model) NumTrees() int { return len(m.trees) }

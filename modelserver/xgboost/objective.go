@@ -15,8 +15,31 @@ type objective struct {
 	// objective's ProbToMargin does in XGBoost.
 	probToMargin func(float32) (float32, error)
 	// transform turns one row's margins (len = output groups) into its
-	// outputs (len = 1 or groups). It must not allocate.
-	transform func(margins, out []float32)
+	// outputs (len = 1 or groups). A switch, not a func value, so the
+	// margin buffer PredictBatch passes stays on its stack.
+	transform transform
+}
+
+type transform uint8
+
+const (
+	transformIdentity transform = iota
+	transformSigmoid
+	transformSoftmax
+	transformArgmax
+)
+
+func (t transform) apply(margins, out []float32) {
+	switch t {
+	case transformIdentity:
+		out[0] = margins[0]
+	case transformSigmoid:
+		out[0] = sigmoid(margins[0])
+	case transformSoftmax:
+		softmax(margins, out)
+	case transformArgmax:
+		argmax(margins, out)
+	}
 }
 
 func identityMargin(p float32) (float32, error) { return p, nil }
@@ -28,10 +51,6 @@ func logisticMargin(p float32) (float32, error) {
 	}
 	return -logf(1/p - 1), nil
 }
-
-func identity(margins, out []float32) { out[0] = margins[0] }
-
-func sigmoidTransform(margins, out []float32) { out[0] = sigmoid(margins[0]) }
 
 // sigmoid is XGBoost's common::Sigmoid in float32, including its overflow
 // guard (the 1e-16 it adds to the denominator vanishes in float32).
@@ -81,15 +100,15 @@ func lookupObjective(name string, numGroups int) (*objective, error) {
 	var o objective
 	switch name {
 	case "multi:softprob":
-		o = objective{perClass: true, probToMargin: identityMargin, transform: softmax}
+		o = objective{perClass: true, probToMargin: identityMargin, transform: transformSoftmax}
 	case "multi:softmax":
-		o = objective{probToMargin: identityMargin, transform: argmax}
+		o = objective{probToMargin: identityMargin, transform: transformArgmax}
 	case "binary:logistic", "reg:logistic":
-		o = objective{probToMargin: logisticMargin, transform: sigmoidTransform}
+		o = objective{probToMargin: logisticMargin, transform: transformSigmoid}
 	case "binary:logitraw":
-		o = objective{probToMargin: logisticMargin, transform: identity}
+		o = objective{probToMargin: logisticMargin, transform: transformIdentity}
 	case "reg:squarederror", "reg:linear":
-		o = objective{probToMargin: identityMargin, transform: identity}
+		o = objective{probToMargin: identityMargin, transform: transformIdentity}
 	default:
 		return nil, fmt.Errorf("objective %q is not supported", name)
 	}
