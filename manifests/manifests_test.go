@@ -529,7 +529,7 @@ func TestLocalOverlayRunsAsProcesses(t *testing.T) {
 			var listens int
 			for _, a := range c.Args {
 				name, val, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-				if strings.Contains(name, "listen") || name == "bind-address" {
+				if strings.Contains(name, "listen") || strings.HasSuffix(name, "address") {
 					listens++
 					if !strings.HasPrefix(val, "$(POD_IP)") {
 						t.Errorf("%s: %s does not listen on $(POD_IP)", where, a)
