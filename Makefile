@@ -39,9 +39,13 @@ fuzz: ## Run every Go fuzz target for FUZZTIME (default 10s) each.
 	done
 
 .PHONY: bench
-bench: deps-python ## Run the benchmarks and comparisons; report in results/bench/.
+bench: deps-python bench-inference ## Run the benchmarks and comparisons; report in results/bench/.
 	@mkdir -p results/bench
 	$(GO) test -run='^$$' -bench=. -benchmem ./... | tee results/bench/go-bench.txt
+
+.PHONY: bench-inference
+bench-inference: deps-python ## Go tree inference vs XGBoost inplace_predict (1 thread, same rows, same run).
+	$(PYTHON) modelserver/xgboost/bench_xgboost.py --out results/bench/inference.txt
 
 .PHONY: lint
 lint: ## gofmt and go vet.

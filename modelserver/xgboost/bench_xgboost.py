@@ -62,7 +62,7 @@ def time_go(rows, seconds, root):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, nargs="+", default=[500, 10000])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 500, 10000])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--out", help="also write the report here")
