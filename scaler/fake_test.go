@@ -30,6 +30,9 @@ type fakeSource struct {
 	Errs        map[string]error           // by metric
 	Workloads   map[string]labels.Selector // "Kind/ns/name"
 	ResolveErrs map[string]error           // "Kind/ns/name"
+	// Averaged metrics; AggregateValue sums the others (the real
+	// collector pools histograms, which a fake of pod values cannot).
+	Averaged map[string]bool
 }
 
 func newFakeSource(pods ...fakePod) *fakeSource {
@@ -40,7 +43,25 @@ func newFakeSource(pods ...fakePod) *fakeSource {
 		Errs:        map[string]error{},
 		Workloads:   map[string]labels.Selector{},
 		ResolveErrs: map[string]error{},
+		Averaged:    map[string]bool{"batch_size": true, "request_duration_p99_seconds": true},
 	}
+}
+
+func (f *fakeSource) AggregateValue(ctx context.Context, metric, namespace string, sel labels.Selector) (collector.Aggregate, error) {
+	values, err := f.PodValues(ctx, metric, namespace, sel)
+	if err != nil {
+		return collector.Aggregate{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	agg := collector.Aggregate{Pods: len(values), Timestamp: values[0].Timestamp}
+	for _, v := range values {
+		agg.Value += v.Value
+	}
+	if f.Averaged[metric] {
+		agg.Value /= float64(len(values))
+	}
+	return agg, nil
 }
 
 func (f *fakeSource) Metrics() []string {

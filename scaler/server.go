@@ -26,10 +26,14 @@ import (
 	"github.com/mlscale/mlscale/collector"
 )
 
-// Reader is the part of collector.Reader the scaler reads.
+// Reader is what the scaler reads from the collector: collector.Reader for
+// the served names and per-pod values (folded when a trigger overrides the
+// aggregation), collector.Aggregator for the workload value as the metric's
+// rule aggregates it (the same number the adapter serves).
 type Reader interface {
 	Metrics() []string
 	PodValues(ctx context.Context, metric, namespace string, sel labels.Selector) ([]collector.PodValue, error)
+	AggregateValue(ctx context.Context, metric, namespace string, sel labels.Selector) (collector.Aggregate, error)
 }
 
 // Resolver turns a named workload into its pods' selector
@@ -268,15 +272,33 @@ func (s *Server) value(ctx context.Context, t *Trigger) (float64, error) {
 			return 0, s.backendError(ctx, t, "resolving the workload", err)
 		}
 	}
-	values, err := s.reader.PodValues(ctx, t.Metric, t.Namespace, sel)
+	var v float64
+	var err error
+	if t.Aggregation == Default {
+		var agg collector.Aggregate
+		agg, err = s.reader.AggregateValue(ctx, t.Metric, t.Namespace, sel)
+		if err == nil && agg.Pods == 0 {
+			err = collector.ErrNoData
+		}
+		v = agg.Value
+	} else {
+		var values []collector.PodValue
+		values, err = s.reader.PodValues(ctx, t.Metric, t.Namespace, sel)
+		if err == nil && len(values) == 0 {
+			err = collector.ErrNoData
+		}
+		if err == nil {
+			v = t.Aggregation.apply(values)
+		}
+	}
 	switch {
-	case err == nil && len(values) > 0:
+	case err == nil:
 		s.metrics.outcome(t.Metric, outcomeOK)
-		return t.Aggregation.apply(values), nil
+		return v, nil
 	case errors.Is(err, collector.ErrUnknownMetric):
 		s.metrics.outcome(t.Metric, outcomeError)
 		return 0, invalid("%s: %q is not served", KeyMetricName, t.Metric)
-	case err == nil || errors.Is(err, collector.ErrNoData):
+	case errors.Is(err, collector.ErrNoData):
 		if s.pods != nil {
 			n, cerr := s.pods.CountPods(ctx, t.Namespace, sel)
 			if cerr == nil && n == 0 {

@@ -221,10 +221,34 @@ func TestUnaryRPCs(t *testing.T) {
 				MetricName: "batch_size", MetricValue: 200, MetricFloat: 200},
 		},
 		{
-			name: "p99 averaged by default, max when asked",
+			name: "p99 as the collector aggregates it",
+			md:   md("deploymentName=iris", "metricName=request_duration_p99_seconds", "targetValue=0.1"),
+			want: answer{Active: true, SpecName: "request_duration_p99_seconds", TargetSize: 1, TargetFloat: 0.1,
+				MetricName: "request_duration_p99_seconds", MetricValue: 0, MetricFloat: 0.1},
+		},
+		{
+			name: "p99, max over pods when asked",
 			md:   md("deploymentName=iris", "metricName=request_duration_p99_seconds", "targetValue=0.1", "aggregation=max"),
 			want: answer{Active: true, SpecName: "request_duration_p99_seconds", TargetSize: 1, TargetFloat: 0.1,
 				MetricName: "request_duration_p99_seconds", MetricValue: 0, MetricFloat: 0.15},
+		},
+		{
+			name: "overrides: mean and min",
+			md:   md("deploymentName=iris", "metricName=requests_per_second", "targetValue=5", "aggregation=Mean"),
+			want: answer{Active: true, SpecName: "requests_per_second", TargetSize: 5, TargetFloat: 5,
+				MetricName: "requests_per_second", MetricValue: 4, MetricFloat: 3.75},
+		},
+		{
+			name: "overrides: min",
+			md:   md("deploymentName=iris", "metricName=inflight_requests", "targetValue=5", "aggregation=min"),
+			want: answer{Active: false, SpecName: "inflight_requests", TargetSize: 5, TargetFloat: 5,
+				MetricName: "inflight_requests", MetricValue: 0, MetricFloat: 0},
+		},
+		{
+			name: "overrides: sum of a pooled metric",
+			md:   md("deploymentName=iris", "metricName=batch_size", "targetValue=5", "aggregation=sum"),
+			want: answer{Active: true, SpecName: "batch_size", TargetSize: 5, TargetFloat: 5,
+				MetricName: "batch_size", MetricValue: 400, MetricFloat: 400},
 		},
 		{
 			name: "below activationValue is inactive but still reports the value",
@@ -383,7 +407,6 @@ func TestMetadataErrors(t *testing.T) {
 		{"negative activation", ref(with("activationValue=-1")), "activationValue: must not be negative"},
 		{"text activation", ref(with("activationValue=lots")), "activationValue"},
 		{"unknown aggregation", ref(with("aggregation=median")), `aggregation: "median" is not one of sum, mean, max, min`},
-		{"served metric without default aggregation", ref(with("metricName=queue_depth")), `aggregation is required for metric "queue_depth"`},
 		{"typo in a key", ref(with("targetvalue=5")), "unknown metadata key(s) targetvalue"},
 		{"empty ref", &pb.ScaledObjectRef{}, "namespace"},
 	}

@@ -45,43 +45,27 @@ var ownKeys = []string{
 	KeyLabelSelector, KeyMetricName, KeyTargetValue, KeyActivationValue, KeyAggregation,
 }
 
-// Aggregation folds the per-pod values of one workload into the one number
-// KEDA asks for.
+// Aggregation overrides how the per-pod values of one workload fold into the
+// one number KEDA asks for. Without one the collector's rule decides
+// (collector.Aggregator): sums for rates, in-flight and CPU, and pooled
+// histograms for batch size and p99, exactly as the adapter serves them.
 type Aggregation string
 
 // Aggregations.
 const (
+	// Default is the collector rule's own aggregation.
+	Default Aggregation = ""
 	// Sum suits rates, in-flight counts and CPU: KEDA's default metric type
 	// AverageValue makes the HPA divide the value by the replica count, so the
 	// sum over pods becomes "per pod" on the HPA side.
 	Sum Aggregation = "sum"
-	// Mean suits per-request quantities (batch size, latency) whose sum over
-	// pods means nothing.
+	// Mean is the unweighted mean of the pods' values.
 	Mean Aggregation = "mean"
 	Max  Aggregation = "max"
 	Min  Aggregation = "min"
 )
 
 var aggregations = []Aggregation{Sum, Mean, Max, Min}
-
-// DefaultAggregations is the aggregation used for the adapter's default metric
-// names when the trigger names none. A served metric not listed here needs an
-// explicit `aggregation`.
-var defaultAggregations = map[string]Aggregation{
-	"requests_per_second":          Sum,
-	"predicted_rows_per_second":    Sum,
-	"inflight_requests":            Sum,
-	"cpu_usage_cores":              Sum,
-	"batch_size":                   Mean,
-	"request_duration_p99_seconds": Mean,
-}
-
-// DefaultAggregation returns the aggregation a trigger gets for metric when it
-// names none, and whether there is one.
-func DefaultAggregation(metric string) (Aggregation, bool) {
-	a, ok := defaultAggregations[metric]
-	return a, ok
-}
 
 func (a Aggregation) apply(values []collector.PodValue) float64 {
 	switch a {
@@ -121,9 +105,10 @@ type Trigger struct {
 	// Selector is set when the trigger gave labelSelector.
 	Selector labels.Selector
 
-	Metric      string
-	Target      float64
-	Activation  float64
+	Metric     string
+	Target     float64
+	Activation float64
+	// Aggregation is Default unless the trigger overrides it.
 	Aggregation Aggregation
 }
 
@@ -229,13 +214,7 @@ func ParseTrigger(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
 	if err != nil {
 		return nil, err
 	}
-	if agg == "" {
-		a, ok := DefaultAggregation(t.Metric)
-		if !ok {
-			return nil, invalid("%s is required for metric %q (one of %s)", KeyAggregation, t.Metric, aggregationNames())
-		}
-		t.Aggregation = a
-	} else {
+	if agg != "" {
 		t.Aggregation = Aggregation(strings.ToLower(agg))
 		if !slices.Contains(aggregations, t.Aggregation) {
 			return nil, invalid("%s: %q is not one of %s", KeyAggregation, agg, aggregationNames())
