@@ -74,7 +74,7 @@ func decodeSeldon(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float
 		x, rows, err := decodeRows(nd, "data.ndarray", nf, x)
 		return x, rows, formNDArray, err
 	case tn != nil:
-		x, rows, err := decodeTensor(tn, nf, x)
+		x, rows, err := decodeTensor(tn, nf, len(body), x)
 		return x, rows, formTensor, err
 	}
 	return x, 0, 0, badRequest("data has no ndarray or tensor: send {\"data\": {\"ndarray\": [[...%d features...], ...]}}", nf)
@@ -111,11 +111,11 @@ func decodeRows(v *fastjson.Value, what string, nf int, x []float32) ([]float32,
 }
 
 // decodeTensor reads Seldon's {"shape": [rows, nf], "values": [...]}.
-func decodeTensor(v *fastjson.Value, nf int, x []float32) ([]float32, int, error) {
+func decodeTensor(v *fastjson.Value, nf, bodyLen int, x []float32) ([]float32, int, error) {
 	if v.Type() != fastjson.TypeObject {
 		return x, 0, badRequest("data.tensor must be an object with shape and values, got %s", v.Type())
 	}
-	shape, err := readShape(v.Get("shape"), "data.tensor.shape", nf)
+	shape, err := readShape(v.Get("shape"), "data.tensor.shape", nf, bodyLen)
 	if err != nil {
 		return x, 0, err
 	}
@@ -141,8 +141,10 @@ func decodeTensor(v *fastjson.Value, nf int, x []float32) ([]float32, int, error
 	return x, shape, nil
 }
 
-// readShape checks a [rows, nf] shape and returns rows.
-func readShape(v *fastjson.Value, what string, nf int) (int, error) {
+// readShape checks a [rows, nf] shape and returns rows. A body of n bytes
+// holds at most n/2+1 numbers, so larger shapes are rejected before
+// anything is allocated for them (and rows*nf cannot overflow).
+func readShape(v *fastjson.Value, what string, nf, bodyLen int) (int, error) {
 	if v == nil {
 		return 0, badRequest("%s is missing: want [rows, %d]", what, nf)
 	}
@@ -163,6 +165,9 @@ func readShape(v *fastjson.Value, what string, nf int) (int, error) {
 	}
 	if d[0] == 0 {
 		return 0, badRequest("%s has 0 rows: send at least one row", what)
+	}
+	if d[0] > (bodyLen/2+1)/nf {
+		return 0, badRequest("%s is [%d, %d], more values than a %d-byte request can hold", what, d[0], d[1], bodyLen)
 	}
 	return d[0], nil
 }
@@ -232,7 +237,7 @@ func decodeV2(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float32, 
 	}
 	integer := dtb[0] == 'I' || dtb[0] == 'U'
 	unsigned := dtb[0] == 'U'
-	rows, err := readShape(in.Get("shape"), "inputs[0].shape", nf)
+	rows, err := readShape(in.Get("shape"), "inputs[0].shape", nf, len(body))
 	if err != nil {
 		return x, 0, req, err
 	}

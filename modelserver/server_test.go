@@ -341,6 +341,7 @@ func TestBadInput(t *testing.T) {
 		{"empty ndarray", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"ndarray":[]}}`, 400, "data.ndarray is empty"},
 		{"empty body", "POST", "/api/v1.0/predictions", "application/json", ``, 400, "request body is empty"},
 		{"tensor shape mismatch", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"tensor":{"shape":[2,4],"values":[1,2,3,4]}}}`, 400, "shape [2, 4] needs 8"},
+		{"tensor huge shape", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"tensor":{"shape":[4611686018427387904,4],"values":[]}}}`, 400, "more values than a 65-byte request can hold"},
 		{"tensor wrong width", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"tensor":{"shape":[1,3],"values":[1,2,3]}}}`, 400, "the model takes 4 features"},
 		{"body over the limit", "POST", "/api/v1.0/predictions", "application/json", big, 413, "larger than the 4096-byte limit"},
 		{"wrong content type", "POST", "/api/v1.0/predictions", "application/x-www-form-urlencoded", `{"data":{"ndarray":[[1,2,3,4]]}}`, 415, "send application/json"},
@@ -352,6 +353,7 @@ func TestBadInput(t *testing.T) {
 		{"v2 no inputs", "POST", "/v2/models/iris/infer", "application/json", `{"id":"1"}`, 400, `no "inputs"`},
 		{"v2 two inputs", "POST", "/v2/models/iris/infer", "application/json", `{"inputs":[{},{}]}`, 400, "got 2 inputs"},
 		{"v2 wrong shape", "POST", "/v2/models/iris/infer", "application/json", `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}`, 400, "the model takes 4 features"},
+		{"v2 huge shape", "POST", "/v2/models/iris/infer", "application/json", `{"inputs":[{"name":"x","shape":[1000000,4],"datatype":"FP32","data":[1,2,3,4]}]}`, 400, "more values than a"},
 		{"v2 data count", "POST", "/v2/models/iris/infer", "application/json", `{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","data":[1,2,3,4]}]}`, 400, "has 4 values; shape [2, 4] needs 8"},
 		{"v2 bad datatype", "POST", "/v2/models/iris/infer", "application/json", `{"inputs":[{"name":"x","shape":[1,4],"datatype":"BYTES","data":["a","b","c","d"]}]}`, 400, "datatype string \"BYTES\" is not supported"},
 		{"v2 fraction in INT32", "POST", "/v2/models/iris/infer", "application/json", `{"inputs":[{"name":"x","shape":[1,4],"datatype":"INT32","data":[1,2.5,3,4]}]}`, 400, "not a valid value for the input's integer datatype"},
@@ -417,8 +419,8 @@ func TestBadInput(t *testing.T) {
 # TYPE mlscale_requests_total counter
 mlscale_requests_total{code="200",model="iris",protocol="seldon"} 0
 mlscale_requests_total{code="200",model="iris",protocol="v2"} 0
-mlscale_requests_total{code="400",model="iris",protocol="seldon"} 14
-mlscale_requests_total{code="400",model="iris",protocol="v2"} 8
+mlscale_requests_total{code="400",model="iris",protocol="seldon"} 15
+mlscale_requests_total{code="400",model="iris",protocol="v2"} 9
 mlscale_requests_total{code="404",model="iris",protocol="v2"} 2
 mlscale_requests_total{code="405",model="iris",protocol="seldon"} 1
 mlscale_requests_total{code="405",model="iris",protocol="v2"} 1
