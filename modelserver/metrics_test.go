@@ -108,8 +108,8 @@ mlscale_requests_total{code="404",model="iris",protocol="v2"} 1
 
 	got := histogramCounts(t, reg)
 	wantCounts := map[string]uint64{
-		`mlscale_request_duration_seconds{model="iris",protocol="seldon"}`:                                                                                                                 4,
-		`mlscale_request_duration_seconds{model="iris",protocol="v2"}`:                                                                                                                     2,
+		`mlscale_request_duration_seconds{model="iris",protocol="seldon"}`: 4,
+		`mlscale_request_duration_seconds{model="iris",protocol="v2"}`:     2,
 		`seldon_api_executor_server_requests_seconds{code="200",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`: 4,
 		`seldon_api_executor_server_requests_seconds{code="400",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`: 1,
 		`seldon_api_executor_server_requests_seconds{code="404",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`: 1,
