@@ -39,13 +39,19 @@ fuzz: ## Run every Go fuzz target for FUZZTIME (default 10s) each.
 	done
 
 .PHONY: bench
-bench: deps-python bench-inference ## Run the benchmarks and comparisons; report in results/bench/.
+bench: deps-python bench-inference bench-server ## Run the benchmarks and comparisons; report in results/bench/.
 	@mkdir -p results/bench
 	$(GO) test -run='^$$' -bench=. -benchmem ./... | tee results/bench/go-bench.txt
 
 .PHONY: bench-inference
 bench-inference: deps-python ## Go tree inference vs XGBoost inplace_predict (1 thread, same rows, same run).
 	$(PYTHON) modelserver/xgboost/bench_xgboost.py --out results/bench/inference.txt
+
+.PHONY: bench-server
+bench-server: ## Model server end to end on loopback (4 clients; 1, 500, 10,000 rows) vs pure inference, and RSS.
+	@mkdir -p results/bench $(BIN)
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/modelserver ./cmd/modelserver
+	$(GO) run ./modelserver/internal/serverbench -bin $(BIN)/modelserver -model modelserver/xgboost/testdata/iris.json -out results/bench/server.md
 
 .PHONY: lint
 lint: ## gofmt and go vet.
