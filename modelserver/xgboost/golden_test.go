@@ -107,6 +107,8 @@ func TestGoldenPredictions(t *testing.T) {
 		{"cancer_logistic.json", "cancer_logistic"},
 		{"cancer_logistic_base.json", "cancer_logistic_base"},
 		{"diabetes_squarederror.json", "diabetes_squarederror"},
+		{"cancer_logitraw.json", "cancer_logitraw"},
+		{"diabetes_logistic.json", "diabetes_logistic"},
 		{"tiny.json", "tiny"},
 		{"tiny.ubj", "tiny"},
 		{"tiny.joblib", "tiny"},

@@ -106,7 +106,8 @@ func lookupObjective(name string, numGroups int) (*objective, error) {
 	case "binary:logistic", "reg:logistic":
 		o = objective{probToMargin: logisticMargin, transform: transformSigmoid}
 	case "binary:logitraw":
-		o = objective{probToMargin: logisticMargin, transform: transformIdentity}
+		// LogisticRaw overrides ProbToMargin: base_score is the margin.
+		o = objective{probToMargin: identityMargin, transform: transformIdentity}
 	case "reg:squarederror", "reg:linear":
 		o = objective{probToMargin: identityMargin, transform: transformIdentity}
 	default:

@@ -224,6 +224,18 @@ def train_extra(out, rng):
             ("thresholds", threshold_rows(bst, xc, rng, 150)),
         ], "binary:logistic")
 
+    # The other objectives the Go evaluator accepts: logitraw (the margin
+    # itself) and reg:logistic (sigmoid, like binary:logistic, on a target
+    # scaled into [0,1]).
+    bst = xgb.train({"objective": "binary:logitraw", "max_depth": 3, "seed": SEED},
+                    xgb.DMatrix(xc_train, label=cancer.target, missing=np.nan), num_boost_round=10)
+    bst.save_model(os.path.join(out, "cancer_logitraw.json"))
+    n += write_golden(os.path.join(out, "cancer_logitraw.golden.json"), "cancer_logitraw", bst, [
+        ("cancer", xc[:200]),
+        ("missing", with_missing(xc[200:300], rng)),
+        ("thresholds", threshold_rows(bst, xc, rng, 100)),
+    ], "binary:logitraw")
+
     # reg:squarederror on the diabetes targets (25..346) with base_score set
     # to their mean, trained with missing values.
     diabetes = datasets.load_diabetes()
@@ -241,6 +253,16 @@ def train_extra(out, rng):
         ("missing", with_missing(xd[:200], rng)),
         ("thresholds", threshold_rows(bst, xd, rng, 150)),
     ], "reg:squarederror")
+
+    y01 = (diabetes.target - diabetes.target.min()) / (diabetes.target.max() - diabetes.target.min())
+    bst = xgb.train({"objective": "reg:logistic", "max_depth": 3, "base_score": 0.4, "seed": SEED},
+                    xgb.DMatrix(xd_train, label=y01, missing=np.nan), num_boost_round=10)
+    bst.save_model(os.path.join(out, "diabetes_logistic.json"))
+    n += write_golden(os.path.join(out, "diabetes_logistic.golden.json"), "diabetes_logistic", bst, [
+        ("diabetes", xd[:200]),
+        ("missing", with_missing(xd[200:300], rng)),
+        ("thresholds", threshold_rows(bst, xd, rng, 100)),
+    ], "reg:logistic")
     return n
 
 
