@@ -27,7 +27,7 @@ func gzipped(t testing.TB, data []byte) []byte {
 // keeps the evaluator's unchecked reads in bounds.
 func FuzzDecode(f *testing.F) {
 	for _, name := range []string{"tiny.json", "tiny.ubj", "tiny.joblib", "tiny.joblib.gz",
-		"tiny.joblib.z", "tiny.deprecated", "tiny-xgb15.joblib"} {
+		"tiny.joblib.z", "tiny.deprecated", "tiny-xgb15.joblib", "tiny-p2.pkl", "tiny-p5.pkl"} {
 		data := readTestdata(f, name)
 		f.Add(data)
 		f.Add(data[:len(data)/2])

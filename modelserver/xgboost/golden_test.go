@@ -116,6 +116,8 @@ func TestGoldenPredictions(t *testing.T) {
 		{"tiny.joblib.z", "tiny"},
 		{"tiny.deprecated", "tiny"},
 		{"tiny-xgb15.joblib", "tiny"},
+		{"tiny-p2.pkl", "tiny"},
+		{"tiny-p5.pkl", "tiny"},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			g := loadGolden(t, tc.golden)

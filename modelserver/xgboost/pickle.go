@@ -113,6 +113,9 @@ func findClass(module, name string) (any, error) {
 		return boosterClass{}, nil
 	case "builtins.bytearray", "__builtin__.bytearray":
 		return bytearrayClass{}, nil
+	case "_codecs.encode":
+		// Protocol 2 spells bytes as _codecs.encode(str, "latin1").
+		return latin1Encode{}, nil
 	}
 	return nil, fmt.Errorf("pickle refers to %s.%s; only a pickled xgboost.core.Booster is supported", module, name)
 }
@@ -134,29 +137,45 @@ func (b *booster) PyDictSet(key, value any) error {
 
 type bytearrayClass struct{}
 
-// Call is bytearray(...) as pickles spell it: protocol 3+ passes bytes,
-// protocol 2 passes a latin-1 str and the encoding name.
+// Call is bytearray(...) as pickles spell it: bytes from protocol 3 on,
+// (str, "latin-1") or _codecs.encode's bytes in protocol 2.
 func (bytearrayClass) Call(args ...any) (any, error) {
-	if len(args) == 0 {
+	switch len(args) {
+	case 0:
 		return types.NewByteArray(), nil
-	}
-	switch a := args[0].(type) {
-	case []byte:
-		return types.NewByteArrayFromSlice(a), nil
-	case string:
-		if len(args) != 2 || (args[1] != "latin-1" && args[1] != "latin1") {
-			return nil, errors.New("bytearray from str without latin-1 encoding")
+	case 1:
+		if b, ok := args[0].([]byte); ok {
+			return types.NewByteArrayFromSlice(b), nil
 		}
-		out := make([]byte, 0, len(a))
-		for _, c := range a {
-			if c > 0xff {
-				return nil, errors.New("bytearray: character outside latin-1")
-			}
-			out = append(out, byte(c))
+	case 2:
+		b, err := latin1Encode{}.Call(args...)
+		if err != nil {
+			return nil, err
 		}
-		return types.NewByteArrayFromSlice(out), nil
+		return types.NewByteArrayFromSlice(b.([]byte)), nil
 	}
-	return nil, fmt.Errorf("bytearray from %T", args[0])
+	return nil, fmt.Errorf("bytearray from %d arguments (%T)", len(args), args[0])
+}
+
+type latin1Encode struct{}
+
+// Call turns a str whose characters are all below 256 into those bytes.
+func (latin1Encode) Call(args ...any) (any, error) {
+	if len(args) != 2 {
+		return nil, fmt.Errorf("encode: want (str, encoding), got %d arguments", len(args))
+	}
+	s, ok := args[0].(string)
+	if !ok || (args[1] != "latin-1" && args[1] != "latin1") {
+		return nil, fmt.Errorf("encode: want a str and latin-1, got %T and %v", args[0], args[1])
+	}
+	out := make([]byte, 0, len(s))
+	for _, c := range s {
+		if c > 0xff {
+			return nil, errors.New("encode: character outside latin-1")
+		}
+		out = append(out, byte(c))
+	}
+	return out, nil
 }
 
 // checkPickle walks the opcodes before gopickle sees them and refuses any

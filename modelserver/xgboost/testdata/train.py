@@ -22,6 +22,7 @@ the other containers the loader must read:
                        format of XGBoost 1.0-1.5 (the seed ran 1.5.1); built
                        here and checked by loading it back with XGBoost
   tiny.joblib.gz/.z    joblib.dump(..., compress=gzip/zlib) of the tiny model
+  tiny-p2/p5.pkl       pickle.dump of the tiny model, protocols 2 and 5
 """
 
 import copyreg
@@ -281,6 +282,11 @@ def train_tiny(out):
     joblib.dump(bst, os.path.join(out, "tiny.joblib.z"), compress=("zlib", 3))
     with open(os.path.join(out, "tiny.deprecated"), "wb") as f:
         f.write(bst.save_raw("deprecated"))
+    # Plain pickle at the oldest and newest protocols: 2 spells bytearray as
+    # bytearray(str, "latin-1"), 5 has its own BYTEARRAY8 opcode.
+    for proto in (2, 5):
+        with open(os.path.join(out, "tiny-p%d.pkl" % proto), "wb") as f:
+            pickle.dump(bst, f, protocol=proto)
     write_xgb15_joblib(bst, os.path.join(out, "tiny-xgb15.joblib"))
     return write_golden(os.path.join(out, "tiny.golden.json"), "tiny", bst, [
         ("iris", x),
