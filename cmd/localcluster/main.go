@@ -1,6 +1,7 @@
 // Command localcluster builds and runs mlscale's local Kubernetes cluster:
-// the real control plane on loopback, a node agent that runs pods as local
-// processes, and a gateway that routes /seldon/{ns}/{name}/ like Istio does.
+// the real control plane on this machine's loopback, a node agent that runs
+// pods as local processes, metrics-server, and a gateway that routes
+// /seldon/{namespace}/{name}/... as Istio's ingress does for Seldon.
 package main
 
 import (
@@ -8,21 +9,32 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/mlscale/mlscale/test/cluster"
+	"github.com/mlscale/mlscale/test/node"
 )
 
 func usage() {
 	fmt.Fprintf(os.Stderr, `usage: localcluster <command> [flags]
 
 commands:
-  build   build the pinned Kubernetes components into the cache (once)
+  build     build the pinned Kubernetes components into the cache (once)
+  up        start the local cluster in the foreground (Ctrl-C stops it)
+  kubectl   run the cached kubectl against the running cluster
+
+Run "localcluster <command> -h" for a command's flags.
 `)
 }
 
 func main() {
+	// A container's mount-namespace helper is this binary re-executed.
+	node.MaybeRunHelper()
 	if len(os.Args) < 2 {
 		usage()
 		os.Exit(2)
@@ -33,6 +45,10 @@ func main() {
 	switch os.Args[1] {
 	case "build":
 		err = runBuild(ctx, os.Args[2:])
+	case "up":
+		err = runUp(ctx, os.Args[2:])
+	case "kubectl":
+		err = runKubectl(ctx, os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -51,12 +67,77 @@ func runBuild(ctx context.Context, args []string) error {
 	cache := fs.String("cache", cluster.DefaultCacheDir(), "cache directory for the built components ($MLSCALE_CACHE)")
 	nice := fs.Int("nice", 10, "nice level of the compiler (0: none)")
 	fs.Parse(args)
+	start := time.Now()
 	b := &cluster.Builder{CacheDir: *cache, Nice: *nice, Log: os.Stderr}
 	bins, err := b.Build(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("kube-apiserver          %s\nkube-controller-manager %s\nkube-scheduler          %s\nkubectl                 %s\netcd                    %s\nmetrics-server          %s\n",
-		bins.APIServer, bins.ControllerManager, bins.Scheduler, bins.Kubectl, bins.Etcd, bins.MetricsServer)
+	fmt.Printf("kube-apiserver          %s\nkube-controller-manager %s\nkube-scheduler          %s\nkubectl                 %s\netcd                    %s\nmetrics-server          %s\n(%s)\n",
+		bins.APIServer, bins.ControllerManager, bins.Scheduler, bins.Kubectl, bins.Etcd, bins.MetricsServer, time.Since(start).Round(time.Second))
 	return nil
+}
+
+type imageFlags node.ImageMap
+
+func (f *imageFlags) String() string { return fmt.Sprint(*f) }
+func (f *imageFlags) Set(s string) error {
+	r, err := node.ParseImageRule(s)
+	if err != nil {
+		return err
+	}
+	*f = append(*f, r)
+	return nil
+}
+
+func runUp(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("up", flag.ExitOnError)
+	cache := fs.String("cache", cluster.DefaultCacheDir(), "cache directory for the built components ($MLSCALE_CACHE)")
+	def := cluster.DefaultOptions(*cache)
+	state := fs.String("state-dir", "", "state directory: certificates, kubeconfigs, etcd data, logs (default CACHE/run; wiped at start)")
+	gw := fs.String("gateway", "127.0.0.1:8080", "gateway listen address")
+	repo := fs.String("repo", ".", "repository root: every pod's working directory")
+	bin := fs.String("bin", "bin", "directory of `make build`'s binaries (image ghcr.io/mlscale/*)")
+	cpus := fs.Int("node-cpus", 16, "CPU capacity the node advertises to the scheduler")
+	hpaSync := fs.Duration("hpa-sync-period", 0, "kube-controller-manager --horizontal-pod-autoscaler-sync-period (0: Kubernetes' default, 15s)")
+	noMS := fs.Bool("no-metrics-server", false, "do not deploy metrics-server")
+	var images imageFlags
+	fs.Var(&images, "image", "map an image prefix to a local program: PREFIX=PATH, PATH ending in / for a directory (repeatable)")
+	fs.Parse(args)
+	if *state == "" {
+		*state = filepath.Join(*cache, "run")
+	}
+	repoAbs, err := filepath.Abs(*repo)
+	if err != nil {
+		return err
+	}
+	binAbs, err := filepath.Abs(*bin)
+	if err != nil {
+		return err
+	}
+	o := def
+	o.StateDir, o.Log, o.HPASyncPeriod = *state, os.Stderr, *hpaSync
+	return cluster.Up(ctx, cluster.UpOptions{
+		Options: o, CacheDir: *cache, GatewayAddr: *gw, Images: node.ImageMap(images),
+		RepoDir: repoAbs, RepoBin: binAbs, KubeletPort: 10250, NodeCPUs: *cpus,
+		SkipMetricsServer: *noMS,
+	})
+}
+
+// runKubectl runs the cached kubectl with the running cluster's admin
+// kubeconfig.
+func runKubectl(ctx context.Context, args []string) error {
+	cache := cluster.DefaultCacheDir()
+	b := &cluster.Builder{CacheDir: cache}
+	bins, ok := b.Cached()
+	if !ok {
+		return fmt.Errorf("kubectl is not built yet: run `make cluster-build`")
+	}
+	kc := filepath.Join(cache, "run", "pki", "admin.kubeconfig")
+	if data, err := os.ReadFile(filepath.Join(cache, "run", cluster.ReadyFile)); err == nil {
+		kc = strings.TrimSpace(string(data))
+	}
+	cmd := exec.CommandContext(ctx, bins.Kubectl, append([]string{"--kubeconfig", kc}, args...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	return cmd.Run()
 }
