@@ -27,6 +27,8 @@ const (
 	transformSigmoid
 	transformSoftmax
 	transformArgmax
+	transformExp
+	transformHinge
 )
 
 func (t transform) apply(margins, out []float32) {
@@ -39,10 +41,27 @@ func (t transform) apply(margins, out []float32) {
 		softmax(margins, out)
 	case transformArgmax:
 		argmax(margins, out)
+	case transformExp:
+		out[0] = expf(margins[0])
+	case transformHinge:
+		// HingeObj: the class, 1 for a positive margin.
+		out[0] = 0
+		if margins[0] > 0 {
+			out[0] = 1
+		}
 	}
 }
 
 func identityMargin(p float32) (float32, error) { return p, nil }
+
+// logMargin is ProbToMargin of the log-link objectives (poisson, gamma,
+// tweedie): logf(base_score).
+func logMargin(p float32) (float32, error) {
+	if !(p > 0) {
+		return 0, fmt.Errorf("base_score must be positive for a log-link objective, got %v", p)
+	}
+	return logf(p), nil
+}
 
 // logisticMargin is LogisticRegression::ProbToMargin: -logf(1/p - 1).
 func logisticMargin(p float32) (float32, error) {
@@ -108,8 +127,13 @@ func lookupObjective(name string, numGroups int) (*objective, error) {
 	case "binary:logitraw":
 		// LogisticRaw overrides ProbToMargin: base_score is the margin.
 		o = objective{probToMargin: identityMargin, transform: transformIdentity}
-	case "reg:squarederror", "reg:linear":
+	case "reg:squarederror", "reg:linear", "reg:squaredlogerror", "reg:pseudohubererror",
+		"reg:absoluteerror", "rank:pairwise", "rank:ndcg", "rank:map":
 		o = objective{probToMargin: identityMargin, transform: transformIdentity}
+	case "count:poisson", "reg:gamma", "reg:tweedie":
+		o = objective{probToMargin: logMargin, transform: transformExp}
+	case "binary:hinge":
+		o = objective{probToMargin: identityMargin, transform: transformHinge}
 	default:
 		return nil, fmt.Errorf("objective %q is not supported", name)
 	}

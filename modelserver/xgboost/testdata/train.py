@@ -267,6 +267,43 @@ def train_extra(out, rng):
     return n
 
 
+def train_objectives(out):
+    """One small model per remaining objective the evaluator accepts, each
+    checked against XGBoost like the rest (only transforms and base_score
+    differ between them)."""
+    rng = np.random.default_rng(SEED + 4)
+    diabetes = datasets.load_diabetes()
+    xd = f32(diabetes.data)
+    xd_train = with_missing(xd, np.random.default_rng(SEED + 5), p=0.1)
+    y = diabetes.target
+    counts = np.floor(y / 25.0)  # non-negative counts for poisson
+    groups = [len(xd) // 4] * 3 + [len(xd) - 3 * (len(xd) // 4)]
+    n = 0
+    for objective, label, extra in (
+        ("count:poisson", counts, {}),
+        ("reg:gamma", y, {}),
+        ("reg:tweedie", y, {"tweedie_variance_power": 1.3}),
+        ("binary:hinge", (y > np.median(y)).astype(float), {}),
+        ("reg:pseudohubererror", y, {"huber_slope": 20.0}),
+        ("reg:squaredlogerror", y, {}),
+        ("reg:absoluteerror", y, {}),
+        ("rank:pairwise", counts, {}),
+    ):
+        name = "obj_" + objective.replace(":", "_")
+        dtrain = xgb.DMatrix(xd_train, label=label, missing=np.nan)
+        if objective.startswith("rank:"):
+            dtrain.set_group(groups)
+        bst = xgb.train({"objective": objective, "max_depth": 3, "seed": SEED, **extra},
+                        dtrain, num_boost_round=8)
+        bst.save_model(os.path.join(out, name + ".json"))
+        n += write_golden(os.path.join(out, name + ".golden.json"), name, bst, [
+            ("diabetes", xd[:150]),
+            ("missing", with_missing(xd[150:250], rng)),
+            ("thresholds", threshold_rows(bst, xd, rng, 100)),
+        ], objective)
+    return n
+
+
 def train_tiny(out):
     """A two-round, depth-2 iris model in every container: small seeds for
     the loader fuzz targets, where mutations of a 200 KB file go nowhere."""
@@ -304,6 +341,7 @@ def main():
     n = train_iris(out, rng)
     n += train_extra(out, rng)
     n += train_tiny(out)
+    n += train_objectives(out)
     print("xgboost %s: wrote models and %d golden rows to %s" % (xgb.__version__, n, out))
 
 
