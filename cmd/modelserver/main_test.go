@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const model = "../../modelserver/xgboost/testdata/model.joblib"
+
+// bin is this command built once for the package's tests, as `make build`
+// builds it.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "modelserver-test")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "modelserver")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		panic(fmt.Sprintf("go build: %v\n%s", err, out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// TestBinary runs the real binary on a loopback port chosen by the kernel:
+// it prints the address, serves the seed's model from model.joblib under
+// the gateway prefix, labels Seldon's histogram from Seldon's environment,
+// and on SIGTERM turns unready, keeps serving through the drain delay and
+// exits 0.
+func TestBinary(t *testing.T) {
+	cmd := exec.Command(bin, "--model", model, "--model-name", "iris", "--listen", "127.0.0.1:0", "--drain-delay", "700ms")
+	cmd.Env = append(os.Environ(), "SELDON_DEPLOYMENT_ID=iris-model-autoscale", "PREDICTOR_ID=autoscale")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	defer func() {
+		_ = cmd.Process.Kill()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the listen address: %v; stderr:\n%s", err, stderr.String())
+	}
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening on ")
+	if !ok || !strings.HasPrefix(addr, "127.0.0.1:") || strings.HasSuffix(addr, ":0") {
+		t.Fatalf("first stdout line %q, want \"listening on 127.0.0.1:PORT\"", line)
+	}
+	go func() { exited <- cmd.Wait() }()
+	base := "http://" + addr
+
+	resp, err := http.Post(base+"/seldon/model/iris-model-autoscale/api/v1.0/predictions", "application/json",
+		strings.NewReader(`{"data":{"ndarray":[[1,2,3,4]]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	// XGBoost's own prediction for [1,2,3,4] (iris.golden.json).
+	if want := `{"data":{"names":["t:0","t:1","t:2"],"ndarray":[[0.008472068,0.03168793,0.95984]]},"meta":{}}`; resp.StatusCode != 200 || string(b) != want {
+		t.Fatalf("prediction: %d %s, want 200 %s", resp.StatusCode, b, want)
+	}
+	if _, m := httpGet(t, base+"/metrics"); !strings.Contains(m,
+		`seldon_api_executor_server_requests_seconds_count{code="200",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="",service="predictions"} 1`) {
+		t.Errorf("/metrics lacks the Seldon histogram labelled from the environment:\n%s", m)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for {
+		code, _ := httpGet(t, base+"/ready")
+		if code == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/ready still %d 300ms after SIGTERM", code)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code, _ := httpGet(t, base+"/live"); code != 200 {
+		t.Errorf("/live during the drain: %d, want 200", code)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v; stderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still running 10s after SIGTERM; stderr:\n%s", stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "shut down cleanly") {
+		t.Errorf("stderr does not report a clean shutdown:\n%s", stderr.String())
+	}
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestBadStart: configuration errors exit 1 with a message that names
+// what is wrong, before anything listens.
+func TestBadStart(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"no model", []string{"--listen", "127.0.0.1:0"}, "--model is required"},
+		{"missing file", []string{"--model", "/nonexistent/model.json", "--listen", "127.0.0.1:0"}, "/nonexistent/model.json"},
+		{"not a model", []string{"--model", "main.go", "--listen", "127.0.0.1:0"}, "main.go"},
+		{"bad log format", []string{"--model", model, "--log-format", "xml"}, "--log-format"},
+		{"bad listen address", []string{"--model", model, "--listen", "127.0.0.1:notaport"}, "listening on 127.0.0.1:notaport"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(bin, tc.args...)
+			var stderr, stdout bytes.Buffer
+			cmd.Stderr, cmd.Stdout = &stderr, &stdout
+			err := cmd.Run()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Fatalf("exit: %v, want status 1; stderr:\n%s", err, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tc.msg) {
+				t.Errorf("stderr %q does not mention %q", stderr.String(), tc.msg)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout %q, want nothing (no listen line on failure)", stdout.String())
+			}
+		})
+	}
+}
