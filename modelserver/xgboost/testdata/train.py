@@ -281,11 +281,11 @@ def train_objectives(out):
     n = 0
     for objective, label, extra in (
         ("count:poisson", counts, {}),
-        ("reg:gamma", y, {}),
+        ("reg:gamma", y, {"base_score": float(np.mean(y)), "min_child_weight": 0}),
         ("reg:tweedie", y, {"tweedie_variance_power": 1.3}),
         ("binary:hinge", (y > np.median(y)).astype(float), {}),
         ("reg:pseudohubererror", y, {"huber_slope": 20.0}),
-        ("reg:squaredlogerror", y, {}),
+        ("reg:squaredlogerror", y, {"base_score": float(np.mean(y)), "min_child_weight": 0}),
         ("reg:absoluteerror", y, {}),
         ("rank:pairwise", counts, {}),
     ):
