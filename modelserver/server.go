@@ -299,8 +299,16 @@ func (s *Server) tooLarge() error {
 }
 
 // checkJSON accepts application/json (with parameters) or no Content-Type
-// at all; anything else, such as curl's default form encoding, is 415.
+// at all; anything else, such as curl's default form encoding, is 415, as
+// is a compressed body.
 func checkJSON(r *http.Request) error {
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return &requestError{
+			status: http.StatusUnsupportedMediaType,
+			reason: reasonBadData,
+			msg:    fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed", ce),
+		}
+	}
 	ct := r.Header.Get("Content-Type")
 	if ct == "" {
 		return nil

@@ -433,6 +433,27 @@ mlscale_requests_total{code="415",model="iris",protocol="v2"} 1
 	}
 }
 
+// TestCompressedBody: a gzip body is refused with 415 and a message, not
+// parsed as malformed JSON.
+func TestCompressedBody(t *testing.T) {
+	_, ts := newServer(t, modelserver.Options{})
+	req, err := http.NewRequest("POST", ts.URL+"/api/v1.0/predictions", strings.NewReader("\x1f\x8b..."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Encoding", "gzip")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(b), `Content-Encoding \"gzip\" is not supported`) {
+		t.Errorf("gzip body: %d %s, want 415 naming the encoding", resp.StatusCode, b)
+	}
+}
+
 // TestProbesAndMetadata covers the health routes of both protocols, bare
 // and under the gateway prefix, and the v2 metadata documents.
 func TestProbesAndMetadata(t *testing.T) {
