@@ -38,6 +38,28 @@ fuzz: ## Run every Go fuzz target for FUZZTIME (default 10s) each.
 	  done; \
 	done
 
+.PHONY: demo
+demo: demo-standalone ## Run the seed's load experiment and write results/<time>/ (for now: model server on loopback, no Kubernetes).
+
+.PHONY: demo-standalone
+demo-standalone: ## Build, serve the iris model on loopback, run the seed scenario at SCALE (0.02), write results/<time>/.
+	scripts/demo-standalone.sh
+
+.PHONY: cluster-build
+cluster-build: ## Build the local cluster's pinned Kubernetes components into ~/.cache/mlscale or MLSCALE_CACHE (once).
+	@mkdir -p $(BIN)
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/localcluster ./cmd/localcluster
+	$(BIN)/localcluster build
+
+.PHONY: cluster-up
+cluster-up: build cluster-build ## Start the local cluster in the foreground (root; Ctrl-C stops it; gateway on 127.0.0.1:8080).
+	$(BIN)/localcluster up --repo . --bin $(BIN)
+
+E2E_TIMEOUT ?= 60m
+.PHONY: e2e
+e2e: build cluster-build ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root).
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/...
+
 .PHONY: bench
 bench: deps-python bench-inference bench-server ## Run the benchmarks and comparisons; report in results/bench/.
 	@mkdir -p results/bench
