@@ -37,14 +37,6 @@ const fieldManager = "mlscale-manifests-e2e"
 // not silently dropped.
 var unvalidatedGroups = []string{"cert-manager.io"}
 
-// crdsDir is ../shared/crds beside the repository ($MLSCALE_CRDS overrides).
-func crdsDir() string {
-	if d := os.Getenv("MLSCALE_CRDS"); d != "" {
-		return d
-	}
-	return filepath.Join("..", "..", "shared", "crds")
-}
-
 // TestServerSideDryRun installs the real CRDs (Seldon, Istio, KEDA,
 // Prometheus Operator) into a real kube-apiserver and applies every object of
 // every overlay with server-side dry-run and strict field validation: the API

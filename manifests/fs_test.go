@@ -95,3 +95,11 @@ func memFS(certDir string) (filesys.FileSystem, error) {
 	}
 	return fsys, nil
 }
+
+// crdsDir is ../shared/crds beside the repository ($MLSCALE_CRDS overrides).
+func crdsDir() string {
+	if d := os.Getenv("MLSCALE_CRDS"); d != "" {
+		return d
+	}
+	return filepath.Join("..", "..", "shared", "crds")
+}

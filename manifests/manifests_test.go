@@ -210,10 +210,11 @@ func TestModelServerPods(t *testing.T) {
 					if !hasPortNumber(c, port) {
 						t.Errorf("%s: listens on port %s but declares no such containerPort", where, port)
 					}
+					// Before the server stops accepting, endpoints must have
+					// dropped the pod: a preStop sleep or the server's own
+					// --drain-delay (serving while not ready) of at least 5 s.
 					var pause time.Duration
-					if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {
-						t.Errorf("%s: no preStop sleep", where)
-					} else {
+					if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
 						pause = time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
 					}
 					total := pause
@@ -228,6 +229,10 @@ func TestModelServerPods(t *testing.T) {
 							t.Errorf("%s: --%s=%q: %v", where, f, v, err)
 						}
 						total += d
+					}
+					drain, _ := flagValue(c.Args, "drain-delay")
+					if d, _ := time.ParseDuration(drain); pause+d < 5*time.Second {
+						t.Errorf("%s: preStop sleep %v + --drain-delay %v < 5s: requests still routed here would be refused", where, pause, d)
 					}
 					grace := time.Duration(*pt.spec.TerminationGracePeriodSeconds) * time.Second
 					if grace <= total {

@@ -1,0 +1,224 @@
+package manifests
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	structuralschema "k8s.io/apiextensions-apiserver/pkg/apiserver/schema"
+	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel"
+	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/pruning"
+	"k8s.io/apiextensions-apiserver/pkg/apiserver/validation"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	celconfig "k8s.io/apiserver/pkg/apis/cel"
+	"sigs.k8s.io/yaml"
+
+	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/scaler"
+)
+
+// crdVersion validates objects of one served CRD version as the API server
+// does on create: the OpenAPI schema, unknown fields (which the server would
+// prune silently) and x-kubernetes-validations (CEL).
+type crdVersion struct {
+	validator  validation.SchemaValidator
+	structural *structuralschema.Structural
+	cel        *cel.Validator
+}
+
+// loadCRDs reads every CRD under crdsDir() into apiVersion/kind -> validator.
+// The e2e test applies the same CRDs to a real API server; this is the fast,
+// in-process half of that check.
+func loadCRDs(t *testing.T) map[string]*crdVersion {
+	t.Helper()
+	out := map[string]*crdVersion{}
+	dir := crdsDir()
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".yaml") {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+		for {
+			doc, err := r.Read()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			var crd apiextensionsv1.CustomResourceDefinition
+			if err := yaml.Unmarshal(doc, &crd); err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			if crd.Kind != "CustomResourceDefinition" {
+				continue
+			}
+			for _, v := range crd.Spec.Versions {
+				if !v.Served || v.Schema == nil {
+					continue
+				}
+				var internal apiextensions.JSONSchemaProps
+				if err := apiextensionsv1.Convert_v1_JSONSchemaProps_To_apiextensions_JSONSchemaProps(v.Schema.OpenAPIV3Schema, &internal, nil); err != nil {
+					return fmt.Errorf("%s %s: %w", crd.Name, v.Name, err)
+				}
+				ss, err := structuralschema.NewStructural(&internal)
+				if err != nil {
+					return fmt.Errorf("%s %s is not structural: %w", crd.Name, v.Name, err)
+				}
+				val, _, err := validation.NewSchemaValidator(&internal)
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", crd.Name, v.Name, err)
+				}
+				out[crd.Spec.Group+"/"+v.Name+"/"+crd.Spec.Names.Kind] = &crdVersion{val, ss, cel.NewValidator(ss, true, celconfig.PerCallLimit)}
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("loading CRDs from %s (shared/ beside the repository; MLSCALE_CRDS overrides): %v", dir, err)
+	}
+	return out
+}
+
+func (c *crdVersion) validate(obj map[string]any) error {
+	var errs field.ErrorList
+	errs = append(errs, validation.ValidateCustomResource(nil, obj, c.validator)...)
+	pruned := pruning.PruneWithOptions(deepCopyJSON(obj), c.structural, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true})
+	for _, p := range pruned {
+		errs = append(errs, field.Forbidden(field.NewPath(p), "unknown field (the API server would drop it)"))
+	}
+	celErrs, _ := c.cel.Validate(context.Background(), nil, c.structural, obj, nil, celconfig.RuntimeCELCostBudget)
+	errs = append(errs, celErrs...)
+	return errs.ToAggregate()
+}
+
+// deepCopyJSON round-trips obj the way the API server decodes a request body
+// (integers as int64, which CEL rules need).
+func deepCopyJSON(obj map[string]any) map[string]any {
+	b, err := utiljson.Marshal(obj)
+	if err != nil {
+		panic(err)
+	}
+	var out map[string]any
+	if err := utiljson.Unmarshal(b, &out); err != nil {
+		panic(err)
+	}
+	return out
+}
+
+// TestCustomResourcesMatchCRDs validates every Seldon, Istio, KEDA and
+// Prometheus Operator object of every overlay against the real CRDs, and
+// every mlscale trigger's metadata with the scaler's own parser, as KEDA
+// forwards it.
+func TestCustomResourcesMatchCRDs(t *testing.T) {
+	crds := loadCRDs(t)
+	var served []string
+	for _, r := range collector.DefaultRules() {
+		served = append(served, r.Name)
+	}
+	for name, objs := range renderAll(t) {
+		t.Run(name, func(t *testing.T) {
+			for _, o := range objs {
+				gvk := o.GroupVersionKind()
+				if gvk.Group == "" || !strings.Contains(gvk.Group, ".") || strings.HasSuffix(gvk.Group, ".k8s.io") || gvk.Group == "apps" || gvk.Group == "policy" || gvk.Group == "autoscaling" {
+					continue // built-in kinds: TestPod* and the e2e dry-run cover them
+				}
+				c := crds[gvk.Group+"/"+gvk.Version+"/"+gvk.Kind]
+				if c == nil {
+					if gvk.Group != "cert-manager.io" {
+						t.Errorf("%s %s/%s: no CRD for %s in %s", gvk.Kind, o.GetNamespace(), o.GetName(), gvk.GroupVersion(), crdsDir())
+					}
+					continue
+				}
+				if err := c.validate(deepCopyJSON(o.Object)); err != nil {
+					t.Errorf("%s %s/%s: %v", gvk.Kind, o.GetNamespace(), o.GetName(), err)
+				}
+				if gvk.Kind != "ScaledObject" {
+					continue
+				}
+				triggers, _, _ := unstructuredSlice(o.Object, "spec", "triggers")
+				for i, tr := range triggers {
+					tm := tr.(map[string]any)
+					if tm["type"] != "external" && tm["type"] != "external-push" {
+						continue
+					}
+					md := map[string]string{}
+					for k, v := range tm["metadata"].(map[string]any) {
+						md[k] = fmt.Sprint(v)
+					}
+					ref := &pb.ScaledObjectRef{Name: o.GetName(), Namespace: o.GetNamespace(), ScalerMetadata: md}
+					if _, err := scaler.ParseTrigger(ref, served); err != nil {
+						t.Errorf("ScaledObject %s trigger %d: the scaler would reject its metadata: %v", o.GetName(), i, err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestBrokenCustomResourcesAreRejected shows the validation above bites.
+func TestBrokenCustomResourcesAreRejected(t *testing.T) {
+	crds := loadCRDs(t)
+	all := renderAll(t)
+	for _, tc := range []struct {
+		name, overlay, kind string
+		mutate              func(map[string]any)
+	}{
+		{"SeldonDeployment with an unknown hpaSpec field", "seldon", "SeldonDeployment", func(o map[string]any) {
+			p := o["spec"].(map[string]any)["predictors"].([]any)[0].(map[string]any)
+			p["componentSpecs"].([]any)[0].(map[string]any)["hpaSpec"].(map[string]any)["targetCPU"] = int64(40)
+		}},
+		{"ScaledObject without scaleTargetRef", "keda", "ScaledObject", func(o map[string]any) {
+			delete(o["spec"].(map[string]any), "scaleTargetRef")
+		}},
+		{"Gateway port as a string", "istio", "Gateway", func(o map[string]any) {
+			o["spec"].(map[string]any)["servers"].([]any)[0].(map[string]any)["port"].(map[string]any)["number"] = "eighty"
+		}},
+		{"PodMonitor with a misspelt endpoint field", "prometheus", "PodMonitor", func(o map[string]any) {
+			o["spec"].(map[string]any)["podMetricsEndpoints"].([]any)[0].(map[string]any)["intervall"] = "5s"
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := ofKind(all[tc.overlay], tc.kind)
+			if len(objs) == 0 {
+				t.Fatalf("no %s in %s", tc.kind, tc.overlay)
+			}
+			obj := deepCopyJSON(objs[0].Object)
+			tc.mutate(obj)
+			gvk := objs[0].GroupVersionKind()
+			err := crds[gvk.Group+"/"+gvk.Version+"/"+gvk.Kind].validate(obj)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			t.Logf("rejected as expected: %v", err)
+		})
+	}
+}
+
+func unstructuredSlice(obj map[string]any, fields ...string) ([]any, bool, error) {
+	var cur any = obj
+	for _, f := range fields {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false, nil
+		}
+		cur = m[f]
+	}
+	s, ok := cur.([]any)
+	return s, ok, nil
+}
