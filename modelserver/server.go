@@ -465,6 +465,7 @@ func (s *Server) instrument(proto int, h func(http.ResponseWriter, *http.Request
 		"predictor_version": s.opts.PredictorVersion,
 		"service":           "predictions",
 	})
+	seldonOK := seldon.WithLabelValues("post", "200")
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		s.m.inflight.Inc()
@@ -476,9 +477,10 @@ func (s *Server) instrument(proto int, h func(http.ResponseWriter, *http.Request
 			s.ok[proto].Inc()
 			s.batch[proto].Observe(float64(rows))
 			s.m.rows.Add(float64(rows))
-		} else {
-			s.m.requests.WithLabelValues(s.opts.ModelName, protoName, strconv.Itoa(code)).Inc()
+			seldonOK.Observe(d) // only POST answers 200
+			return
 		}
+		s.m.requests.WithLabelValues(s.opts.ModelName, protoName, strconv.Itoa(code)).Inc()
 		seldon.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code)).Observe(d)
 	}
 }
