@@ -9,15 +9,19 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	structuralschema "k8s.io/apiextensions-apiserver/pkg/apiserver/schema"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/pruning"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/validation"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -221,4 +225,41 @@ func unstructuredSlice(obj map[string]any, fields ...string) ([]any, bool, error
 	}
 	s, ok := cur.([]any)
 	return s, ok, nil
+}
+
+// TestCollectorConfigSelectsModelServers: the adapter's config parses with
+// the collector's strict parser, and its discovery selects every model-server
+// pod template of the overlay (and nothing else).
+func TestCollectorConfigSelectsModelServers(t *testing.T) {
+	for name, objs := range renderAll(t) {
+		t.Run(name, func(t *testing.T) {
+			// configMapGenerator appends a content hash, so a changed config
+			// rolls the Deployments that mount it.
+			var cm *unstructured.Unstructured
+			for _, o := range ofKind(objs, "ConfigMap") {
+				if o.GetNamespace() == "mlscale" && strings.HasPrefix(o.GetName(), "mlscale-adapter-config-") {
+					cm = o
+				}
+			}
+			if cm == nil {
+				t.Fatal("no ConfigMap mlscale/mlscale-adapter-config-<hash>")
+			}
+			data, _, _ := unstructured.NestedString(cm.Object, "data", "adapter.yaml")
+			cfg, err := collector.ParseConfig([]byte(data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sel, err := labels.Parse(cfg.Discovery.Selector)
+			if err != nil {
+				t.Fatalf("discovery.selector %q: %v", cfg.Discovery.Selector, err)
+			}
+			for _, pt := range podTemplates(t, objs) {
+				isModel := slices.ContainsFunc(pt.spec.Containers, func(c corev1.Container) bool { return c.Command[0] == "/modelserver" })
+				selected := sel.Matches(labels.Set(pt.label)) && (len(cfg.Discovery.Namespaces) == 0 || slices.Contains(cfg.Discovery.Namespaces, pt.ns))
+				if selected != isModel {
+					t.Errorf("%s: selected by discovery = %v, runs the model server = %v", pt.where, selected, isModel)
+				}
+			}
+		})
+	}
 }
