@@ -373,6 +373,12 @@ func (r *podRunner) launch(ctx context.Context, c *containerRun) error {
 		c.mountNS = false
 	}
 	cmd.SysProcAttr = attr
+	// What a container runtime adds when the image and the pod do not.
+	for _, kv := range []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=" + r.pod.Name, "HOME=/root"} {
+		if k, _, _ := strings.Cut(kv, "="); envMap[k] == "" {
+			envList = append(envList, kv)
+		}
+	}
 	cmd.Env = envList
 	cmd.Dir = r.a.cfg.WorkDir
 	cmd.Stdout, cmd.Stderr = logf, logf

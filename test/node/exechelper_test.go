@@ -1,0 +1,68 @@
+package node
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	// The container helper is this test binary re-executed.
+	MaybeRunHelper()
+	os.Exit(m.Run())
+}
+
+// The helper mounts a volume where the container expects it, read-only when
+// asked, and the host does not see the mount.
+func TestHelperMountsPrivately(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mount namespaces need root")
+	}
+	vol := t.TempDir()
+	if err := os.WriteFile(filepath.Join(vol, "token"), []byte("bound-token"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "var/run/secrets/kubernetes.io/serviceaccount")
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	spec, _ := json.Marshal(execSpec{
+		Mounts: []Mount{{Source: vol, Target: target, ReadOnly: true}},
+		Path:   sh,
+		Args:   []string{"-c", "cat " + target + "/token; echo; touch " + target + "/x 2>/dev/null && echo writable || echo read-only"},
+	})
+	self, _ := os.Executable()
+	cmd := exec.Command(self, helperArg, string(spec))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	if got, want := string(out), "bound-token\nread-only\n"; got != want {
+		t.Errorf("inside the namespace: %q, want %q", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(target, "token")); !os.IsNotExist(err) {
+		t.Errorf("the host sees the container's mount (stat: %v)", err)
+	}
+}
+
+func TestHelperReportsBadSource(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mount namespaces need root")
+	}
+	spec, _ := json.Marshal(execSpec{Mounts: []Mount{{Source: "/nonexistent/volume", Target: t.TempDir() + "/m"}}, Path: "/bin/true"})
+	self, _ := os.Executable()
+	cmd := exec.Command(self, helperArg, string(spec))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("helper succeeded with a missing volume: %s", out)
+	}
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 127 {
+		t.Errorf("exit %v, want 127", err)
+	}
+}
