@@ -55,6 +55,10 @@ cluster-build: ## Build the local cluster's pinned Kubernetes components into ~/
 cluster-up: build cluster-build ## Start the local cluster in the foreground (root; Ctrl-C stops it; gateway on 127.0.0.1:8080).
 	$(BIN)/localcluster up --repo . --bin $(BIN)
 
+.PHONY: demo-cluster
+demo-cluster: build cluster-build certs ## The seed's experiment on the local cluster (root): overlays/local, loadgen through the gateway, results/<time>/.
+	scripts/demo-cluster.sh
+
 E2E_TIMEOUT ?= 60m
 .PHONY: e2e
 e2e: build cluster-build ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root).

@@ -49,4 +49,3 @@ func TestTreeUsageCountsDescendants(t *testing.T) {
 		t.Errorf("a pid that does not exist has usage %v", own)
 	}
 }
-

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The demo on the local cluster: start the real control plane, the process
+# node and the gateway (bin/localcluster up), deploy manifests/overlays/local
+# (model server + requests-per-second HPA + adapter), run the seed's scenario
+# through the gateway with replica sampling, write results/<UTC time>/, and
+# tear everything down, also on Ctrl-C. Needs root (pod addresses, mounts).
+#
+# Environment: SCALE (default 0.2), OUT (results directory), OVERLAY
+# (default manifests/overlays/local), BIN (default bin), STATE (cluster
+# state directory). Extra arguments go to loadgen.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-bin}
+SCALE=${SCALE:-0.2}
+OVERLAY=${OVERLAY:-manifests/overlays/local}
+OUT=${OUT:-results/$(date -u +%Y%m%dT%H%M%SZ)}
+STATE=${STATE:-$(mktemp -d /tmp/mlscale-demo-XXXXXX)/run}
+GATEWAY=${GATEWAY:-127.0.0.1:8080}
+
+mkdir -p "$OUT"
+"$BIN/localcluster" up --state-dir "$STATE" --gateway "$GATEWAY" --repo . --bin "$BIN" \
+  >"$OUT/localcluster.log" 2>&1 &
+cluster=$!
+stop_cluster() {
+  if kill -0 "$cluster" 2>/dev/null; then
+    echo "stopping the local cluster"
+    kill -INT "$cluster" 2>/dev/null || true
+    wait "$cluster" 2>/dev/null || true
+  fi
+}
+trap stop_cluster EXIT
+trap 'echo "interrupted; results so far in $OUT"; exit 130' INT TERM
+
+echo "starting the local cluster (log: $OUT/localcluster.log)"
+for _ in $(seq 600); do
+  [ -f "$STATE/ready" ] && break
+  kill -0 "$cluster" 2>/dev/null || { echo "localcluster exited:"; tail -n 40 "$OUT/localcluster.log"; exit 1; }
+  sleep 0.5
+done
+[ -f "$STATE/ready" ] || { echo "the local cluster was not ready in 5 minutes"; tail -n 40 "$OUT/localcluster.log"; exit 1; }
+export KUBECONFIG=$(cat "$STATE/ready")
+KUBECTL=$(ls "${MLSCALE_CACHE:-$HOME/.cache/mlscale}"/kubernetes-*/bin/kubectl | head -n1)
+
+echo "deploying $OVERLAY"
+"$KUBECTL" apply -k "$OVERLAY" >"$OUT/apply.log"
+"$KUBECTL" -n model rollout status deployment/iris-model-autoscale --timeout=180s
+
+rc=0
+"$BIN/loadgen" --url "http://$GATEWAY" --namespace model --deployment iris-model-autoscale \
+  --scale-resource deployments.v1.apps --kubeconfig "$KUBECONFIG" \
+  --scenario scenarios/seed.yaml --scale "$SCALE" --out "$OUT" "$@" || rc=$?
+"$KUBECTL" get hpa,pods -A -o wide >"$OUT/cluster-state.txt" 2>&1 || true
+stop_cluster
+echo "results in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+exit "$rc"
