@@ -125,8 +125,8 @@ func (t *rawTree) flatten(m *Model, numFeatures int) (int32, error) {
 			if r != -1 {
 				return 0, fmt.Errorf("node %d: has a right child but no left child", i)
 			}
-			// No comparison with NaN is true and missing goes left,
-			// so a leaf's only exit is back to itself.
+			// Nothing is >= NaN, so a leaf's only exit is its left
+			// child: itself.
 			m.nodes = append(m.nodes, node{cond: float32(math.NaN()), left: self})
 			m.leaf = append(m.leaf, c)
 			maxDepth = max(maxDepth, d)
@@ -146,11 +146,11 @@ func (t *rawTree) flatten(m *Model, numFeatures int) (int32, error) {
 		if f < 0 || int(f) >= numFeatures {
 			return 0, fmt.Errorf("node %d: split feature %d out of range [0,%d)", i, f, numFeatures)
 		}
-		flag := uint32(0)
+		feat := uint32(f)
 		if !t.defaultLeft[i] {
-			flag = defaultRight
+			feat += uint32(numFeatures) // the copy where missing is +Inf
 		}
-		m.nodes = append(m.nodes, node{cond: c, feat: uint32(f) | flag, left: base + int32(len(queue))})
+		m.nodes = append(m.nodes, node{cond: c, feat: feat, left: base + int32(len(queue))})
 		m.leaf = append(m.leaf, 0)
 		queue = append(queue, l, r)
 		depths = append(depths, d+1, d+1)

@@ -209,3 +209,32 @@ func TestGoldenSetsCoverTheIssue(t *testing.T) {
 		t.Errorf("sets %v, want %v", names, want)
 	}
 }
+
+// A model declaring more features than the stack buffers hold per lane
+// group (here 1,000; the trees use the first 4) takes the heap-buffer path
+// and must give the same answers on rows padded with unused columns.
+func TestWideModel(t *testing.T) {
+	const wide = 1000
+	data := readTestdata(t, "tiny.json")
+	wideJSON := bytes.Replace(data, []byte(`"num_feature":"4"`), []byte(`"num_feature":"1000"`), -1)
+	if bytes.Equal(wideJSON, data) {
+		t.Fatal("num_feature not found in tiny.json")
+	}
+	m, err := xgboost.Decode(wideJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := loadGolden(t, "tiny")
+	x := make([]float32, g.rows*wide)
+	for r := 0; r < g.rows; r++ {
+		copy(x[r*wide:], g.x[r*4:(r+1)*4])
+		for c := 4; c < wide; c++ {
+			x[r*wide+c] = float32(c) // unused: must not matter
+		}
+	}
+	out := make([]float32, len(g.y))
+	if err := m.PredictBatch(x, g.rows, out); err != nil {
+		t.Fatal(err)
+	}
+	compare(t, g, out)
+}

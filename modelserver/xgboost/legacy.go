@@ -140,7 +140,7 @@ func legacyTree(r *leReader) (rawTree, error) {
 		t.left[i] = i32(b, 4)
 		t.right[i] = i32(b, 8)
 		sindex := u32(b, 12)
-		t.feature[i] = int32(sindex & featMask)
+		t.feature[i] = int32(sindex & (1<<31 - 1))
 		t.defaultLeft[i] = sindex>>31 != 0
 		t.cond[i] = math.Float32frombits(u32(b, 16))
 	}

@@ -29,9 +29,11 @@ type Model struct {
 
 	// nodes holds every tree, each laid out breadth-first so that a node's
 	// right child is always left+1: one 12-byte record per node, one array
-	// for the whole ensemble. A leaf points to itself and never moves, so
-	// every row walks exactly its tree's depth with no leaf test and no
-	// data-dependent branch (see margins).
+	// for the whole ensemble. A step is one comparison, v >= cond, against
+	// a row expanded so that missing values already point the node's
+	// default way (see expand). A leaf's threshold is NaN and its left
+	// child is itself, so every row walks exactly its tree's depth with no
+	// leaf test and no data-dependent branch (see margins).
 	nodes []node
 	leaf  []float32 // leaf values, by node index
 	trees []tree    // in boosting order
@@ -40,7 +42,7 @@ type Model struct {
 // node is one flattened tree node.
 type node struct {
 	cond float32 // split threshold; NaN for a leaf, so no value moves it
-	feat uint32  // feature index, with defaultRight set when missing goes right
+	feat uint32  // index into the row as expanded by expand: the feature, or numFeatures+feature when missing goes right
 	left int32   // index of the left child; the right child is left+1
 }
 
@@ -49,11 +51,6 @@ type tree struct {
 	depth int32 // longest root-to-leaf path
 	group int32 // output group (XGBoost's tree_info)
 }
-
-const (
-	defaultRight = 1 << 31
-	featMask     = defaultRight - 1
-)
 
 // Load reads a model file, detecting the format from its content (XGBoost
 // JSON, UBJSON, legacy binary, or a joblib/pickle dump of a Booster).
