@@ -66,7 +66,7 @@ func WritePNG(w io.Writer, d Data, width, height int) error {
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.Legend.XOffs = vg.Points(10)
-	p.Legend.YOffs = -vg.Points(16) // below the task labels
+	p.Legend.YOffs = -vg.Points(28) // below the task labels
 
 	var xmax, ymax float64
 	for _, r := range d.Requests {
@@ -162,7 +162,9 @@ func WritePNG(w io.Writer, d Data, width, height int) error {
 	right := vg.Points(48)
 	main := draw.Crop(c, 0, -right, 0, 0)
 	p.Draw(main)
-	drawRightAxis(c, p.DataCanvas(main), rtop, "replicas")
+	if len(d.Replicas)+len(d.Desired) > 0 {
+		drawRightAxis(c, p.DataCanvas(main), rtop, "replicas")
+	}
 
 	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(w); err != nil {
 		return fmt.Errorf("writing chart PNG: %w", err)

@@ -52,8 +52,8 @@ type Target struct {
 	Namespace string
 	Name      string
 	// HPA names the autoscaler; empty means the one whose scaleTargetRef
-	// names the target (Seldon names its HPA after the generated
-	// Deployment, so set it there).
+	// names the target or, failing that, the only one whose target's name
+	// starts with the target's name and a dash (what Seldon Core generates).
 	HPA string
 }
 
@@ -123,12 +123,22 @@ func (k *kubeSampler) hpa(ctx context.Context) (*autoscalingv2.HorizontalPodAuto
 	if err != nil {
 		return nil, fmt.Errorf("listing HPAs in %s: %w", k.target.Namespace, err)
 	}
+	var derived []*autoscalingv2.HorizontalPodAutoscaler
 	for i := range list.Items {
 		ref := list.Items[i].Spec.ScaleTargetRef
 		gv, _ := schema.ParseGroupVersion(ref.APIVersion)
 		if ref.Name == k.target.Name && gv.Group == k.gvr.Group {
 			return &list.Items[i], nil
 		}
+		if strings.HasPrefix(ref.Name, k.target.Name+"-") {
+			derived = append(derived, &list.Items[i])
+		}
+	}
+	// Seldon Core v1 turns a SeldonDeployment's hpaSpec into an HPA on the
+	// Deployment it generates, {sdep}-{predictor}-{container}: use it when
+	// it is the only such one.
+	if len(derived) == 1 {
+		return derived[0], nil
 	}
 	return nil, nil
 }

@@ -106,6 +106,8 @@ func TestKubeSampler(t *testing.T) {
 	}{
 		{"deployment, HPA found by its target", Target{Resource: "deployments.v1.apps", Namespace: "model", Name: "iris"},
 			Sample{Spec: 4, Status: 3, HPA: "iris", Current: 3, Desire: 4, Metrics: []string{"cpu=41%", "pods/requests_per_second=12.5"}}, ""},
+		{"seldon deployment, Seldon's generated HPA found", Target{Resource: "seldondeployments.v1.machinelearning.seldon.io", Namespace: "model", Name: "iris-model-autoscale"},
+			Sample{Spec: 6, Status: 5, HPA: "iris-model-autoscale-autoscale-classifier", Current: 5, Desire: 6, Metrics: []string{"external/s0-mlscale=3"}}, ""},
 		{"seldon deployment, HPA named", Target{Resource: "seldondeployments.v1.machinelearning.seldon.io", Namespace: "model", Name: "iris-model-autoscale", HPA: "iris-model-autoscale-autoscale-classifier"},
 			Sample{Spec: 6, Status: 5, HPA: "iris-model-autoscale-autoscale-classifier", Current: 5, Desire: 6, Metrics: []string{"external/s0-mlscale=3"}}, ""},
 		{"no HPA", Target{Resource: "deployments.v1.apps", Namespace: "model", Name: "alone"}, Sample{Spec: 2, Status: 1}, ""},
