@@ -183,8 +183,7 @@ var v2Datatypes = map[string]bool{
 // v2Request is what the decoder keeps of an inference request besides
 // the features.
 type v2Request struct {
-	id        []byte // request id to echo, nil if none (points into the parser)
-	inputName string
+	id []byte // request id to echo, nil if none (points into the parser)
 }
 
 // decodeV2 parses an Open Inference Protocol inference request with one
@@ -220,12 +219,9 @@ func decodeV2(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float32, 
 	if in.Type() != fastjson.TypeObject {
 		return x, 0, req, badRequest("inputs[0] must be an object, got %s", in.Type())
 	}
-	if nv := in.Get("name"); nv != nil {
-		b, err := nv.StringBytes()
-		if err != nil {
-			return x, 0, req, badRequest("inputs[0].name must be a string, got %s", nv.Type())
-		}
-		req.inputName = string(b)
+	// The model has one input, so its name is not used to match it.
+	if nv := in.Get("name"); nv != nil && nv.Type() != fastjson.TypeString {
+		return x, 0, req, badRequest("inputs[0].name must be a string, got %s", nv.Type())
 	}
 	dt := in.Get("datatype")
 	if dt == nil {
