@@ -92,7 +92,9 @@ func StartControlPlane(ctx context.Context, bins Binaries, o Options) (_ *Contro
 		return nil, fmt.Errorf("creating %s: %w", filepath.Dir(o.StateDir), err)
 	}
 	cp := &ControlPlane{Opts: o}
-	cp.lock, err = lockFile(o.StateDir + ".lock")
+	// One lock per machine, not per state directory: the ports and the pod
+	// addresses are the machine's.
+	cp.lock, err = lockFile(filepath.Join(os.TempDir(), "mlscale-localcluster.lock"))
 	if err != nil {
 		return nil, err
 	}
@@ -101,13 +103,12 @@ func StartControlPlane(ctx context.Context, bins Binaries, o Options) (_ *Contro
 			cp.Stop()
 		}
 	}()
-	if err := os.RemoveAll(o.StateDir); err != nil {
-		return nil, fmt.Errorf("clearing the state of the previous run: %w", err)
-	}
-	if err := AddLocalRoute(o.PodCIDR); err != nil {
+	if err := clearStateDir(o.StateDir); err != nil {
 		return nil, err
 	}
-	cp.routeAdded = true
+	if cp.routeAdded, err = AddLocalRoute(o.PodCIDR); err != nil {
+		return nil, err
+	}
 	nodeIP := net.ParseIP(o.NodeIP)
 	apiAddr := net.JoinHostPort(o.NodeIP, strconv.Itoa(o.APIServerPort))
 	if err := checkPorts(map[string]string{
@@ -304,4 +305,27 @@ func httpOK(c *http.Client, url string) func(context.Context) error {
 		}
 		return nil
 	}
+}
+
+// stateMarker marks a directory as a local cluster's state, which the next
+// start may wipe; any other non-empty directory is refused.
+const stateMarker = ".mlscale-localcluster"
+
+func clearStateDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("reading the state directory: %w", err)
+	}
+	if len(entries) > 0 {
+		if _, err := os.Stat(filepath.Join(dir, stateMarker)); err != nil {
+			return fmt.Errorf("state directory %s is not empty and is not a local cluster's state: refusing to wipe it", dir)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("clearing the state of the previous run: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating the state directory: %w", err)
+	}
+	return os.WriteFile(filepath.Join(dir, stateMarker), nil, 0o644)
 }

@@ -22,22 +22,24 @@ import (
 const DefaultPodCIDR = "198.18.0.0/24"
 
 // AddLocalRoute makes every address of cidr local (bindable, delivered on
-// lo). It needs CAP_NET_ADMIN; the error says so.
-func AddLocalRoute(cidr string) error {
+// lo), and says whether it added the route (false: it was there already,
+// left by a run that was killed, and is not ours to remove). It needs
+// CAP_NET_ADMIN; the error says so.
+func AddLocalRoute(cidr string) (bool, error) {
 	route, err := localRoute(cidr)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := netlink.RouteAdd(route); err != nil {
 		if errors.Is(err, syscall.EEXIST) {
-			return nil
+			return false, nil
 		}
 		if errors.Is(err, syscall.EPERM) {
-			return fmt.Errorf("adding the local route for the pod addresses %s needs root (CAP_NET_ADMIN): %w", cidr, err)
+			return false, fmt.Errorf("adding the local route for the pod addresses %s needs root (CAP_NET_ADMIN): %w", cidr, err)
 		}
-		return fmt.Errorf("adding the local route for the pod addresses %s: %w", cidr, err)
+		return false, fmt.Errorf("adding the local route for the pod addresses %s: %w", cidr, err)
 	}
-	return nil
+	return true, nil
 }
 
 // DelLocalRoute removes what AddLocalRoute added.
