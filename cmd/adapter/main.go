@@ -1,0 +1,124 @@
+// Command adapter serves custom.metrics.k8s.io and external.metrics.k8s.io
+// from the model servers' own metrics, scraped directly by the collector.
+//
+//	adapter --config=/etc/mlscale/adapter.yaml --secure-port=6443 ...
+//	adapter explain --config=/etc/mlscale/adapter.yaml
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/pflag"
+	genericapiserver "k8s.io/apiserver/pkg/server"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/component-base/logs"
+	"k8s.io/component-base/metrics/legacyregistry"
+	"k8s.io/klog/v2"
+	cmmetrics "sigs.k8s.io/custom-metrics-apiserver/pkg/apiserver/metrics"
+	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
+
+	"github.com/mlscale/mlscale/adapter"
+	"github.com/mlscale/mlscale/collector"
+)
+
+type adapterCmd struct {
+	basecmd.AdapterBase
+	configPath     string
+	enableExternal bool
+}
+
+func main() {
+	logs.InitLogs()
+	defer logs.FlushLogs()
+	if len(os.Args) > 1 && os.Args[1] == "explain" {
+		if err := explain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "adapter explain:", err)
+			os.Exit(2)
+		}
+		return
+	}
+	cmd := &adapterCmd{}
+	cmd.Name = "mlscale-adapter"
+	fs := cmd.Flags()
+	fs.StringVar(&cmd.configPath, "config", "", "YAML config: scrape, discovery and rules (empty: the default metrics of pods annotated prometheus.io/scrape=true)")
+	fs.BoolVar(&cmd.enableExternal, "enable-external-metrics", true, "serve external.metrics.k8s.io too; turn off where another provider (KEDA) owns that API group")
+	logs.AddFlags(fs)
+	if err := fs.Parse(os.Args); err != nil {
+		klog.ErrorS(err, "Parsing flags")
+		os.Exit(2)
+	}
+	if err := run(cmd); err != nil {
+		klog.ErrorS(err, "Adapter failed")
+		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+	}
+}
+
+func explain(args []string) error {
+	fs := pflag.NewFlagSet("explain", pflag.ContinueOnError)
+	path := fs.String("config", "", "YAML config to explain (empty: defaults)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := collector.LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	return cfg.Explain(os.Stdout)
+}
+
+func run(cmd *adapterCmd) error {
+	cfg, err := collector.LoadConfig(cmd.configPath)
+	if err != nil {
+		return err
+	}
+	restCfg, err := cmd.ClientConfig()
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("building Kubernetes client: %w", err)
+	}
+	// Everything registers on the API server's registry, so /metrics shows
+	// the collector's and the provider's series beside the server's own.
+	reg := legacyregistry.Registerer()
+	col, err := collector.New(cfg.Scrape.Options(), cfg.Rules, reg)
+	if err != nil {
+		return err
+	}
+	disc, err := collector.NewDiscovery(client, cfg.Discovery, col)
+	if err != nil {
+		return err
+	}
+	col.SetSynced(disc.HasSynced)
+	inf, err := cmd.Informers()
+	if err != nil {
+		return err
+	}
+	prov := adapter.NewProvider(col, collector.NewListerResolver(inf), reg)
+	cmd.WithCustomMetrics(prov)
+	if cmd.enableExternal {
+		cmd.WithExternalMetrics(prov)
+	}
+	if err := cmmetrics.RegisterMetrics(legacyregistry.Register); err != nil {
+		return fmt.Errorf("registering API metrics: %w", err)
+	}
+	srv, err := cmd.Server()
+	if err != nil {
+		return err
+	}
+	if err := adapter.AddChecks(srv.GenericAPIServer, col); err != nil {
+		return err
+	}
+	ctx := genericapiserver.SetupSignalContext()
+	disc.Start(ctx)
+	go col.Run(ctx)
+	klog.InfoS("Serving", "metrics", col.Metrics(), "externalMetrics", cmd.enableExternal)
+	if err := srv.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
