@@ -11,7 +11,16 @@
 // compared as float32 (x < threshold goes left), a missing value (NaN) follows
 // the node's default direction, leaf values are added in float32 in tree
 // order onto the base margin, and the objective's transform (softmax,
-// sigmoid, ...) is applied as XGBoost computes it.
+// sigmoid, ...) is applied as XGBoost computes it. Objectives: multi:softprob,
+// multi:softmax, binary:logistic, reg:logistic, binary:logitraw,
+// binary:hinge, reg:squarederror (reg:linear), reg:squaredlogerror,
+// reg:pseudohubererror, reg:absoluteerror, count:poisson, reg:gamma,
+// reg:tweedie, rank:pairwise/ndcg/map. Not supported, with an error that
+// says so: the dart and gblinear boosters, categorical splits, vector leaves
+// (multi-target trees) and survival objectives.
+//
+// testdata/train.py trains the models and records XGBoost's own predictions;
+// the tests hold every format and objective to them.
 package xgboost
 
 import (
