@@ -263,8 +263,10 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf []byte) ([
 	if r.ContentLength > limit {
 		return buf, s.tooLarge()
 	}
-	if r.ContentLength > 0 && int64(cap(buf)) < r.ContentLength {
-		buf = make([]byte, 0, r.ContentLength)
+	// Room for the whole body plus the read that sees EOF, so a body of
+	// known length is read without growing the buffer.
+	if r.ContentLength > 0 && int64(cap(buf)) <= r.ContentLength {
+		buf = make([]byte, 0, r.ContentLength+512)
 	}
 	rd := http.MaxBytesReader(w, r.Body, limit)
 	for {
