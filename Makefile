@@ -65,9 +65,13 @@ e2e: build cluster-build ## End-to-end tests on the local cluster (go test -tags
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/...
 
 .PHONY: bench
-bench: deps-python bench-inference bench-server ## Run the benchmarks and comparisons; report in results/bench/.
+bench: deps-python bench-inference bench-server bench-loadgen ## Run the benchmarks and comparisons; report in results/bench/.
 	@mkdir -p results/bench
 	$(GO) test -run='^$$' -bench=. -benchmem ./... | tee results/bench/go-bench.txt
+
+.PHONY: bench-loadgen
+bench-loadgen: ## loadgen vs hey vs wrk: req/s on the same 1-row endpoint, same connections, one run (apt-installs hey/wrk if missing).
+	scripts/bench-loadgen.sh
 
 .PHONY: bench-inference
 bench-inference: deps-python ## Go tree inference vs XGBoost inplace_predict (1 thread, same rows, same run).

@@ -176,8 +176,8 @@ func TestCancelAbortsInFlight(t *testing.T) {
 		t.Fatalf("%d requests recorded, want the 4 in flight", len(got))
 	}
 	for _, r := range got {
-		if !strings.Contains(r.Err, "context") {
-			t.Errorf("in-flight request recorded as %+v, want a context error", r)
+		if !strings.HasPrefix(r.Err, "cancelled: ") {
+			t.Errorf("in-flight request recorded as %+v, want a cancelled error", r)
 		}
 	}
 }
