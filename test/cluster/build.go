@@ -153,13 +153,24 @@ func (b *Builder) buildKubernetes(ctx context.Context) error {
 		" -X k8s.io/client-go/pkg/version.gitVersion=" + KubernetesVersion +
 		" -X k8s.io/client-go/pkg/version.gitMajor=1" +
 		" -X k8s.io/client-go/pkg/version.gitMinor=" + minor
-	return b.buildModule(ctx, component{
+	// The control plane first, kubectl (a few hundred packages of its own)
+	// second: a slow machine gets to a runnable control plane sooner.
+	if err := b.buildModule(ctx, component{
 		name: "kubernetes", version: KubernetesVersion,
 		require: map[string]string{"k8s.io/kubernetes": KubernetesVersion},
 		replace: replace,
 		pkgs: []string{"k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager",
-			"k8s.io/kubernetes/cmd/kube-scheduler", "k8s.io/kubernetes/cmd/kubectl"},
-		ldflags: ld, outDir: dir, want: want,
+			"k8s.io/kubernetes/cmd/kube-scheduler"},
+		ldflags: ld, outDir: dir, want: want[:3],
+	}); err != nil {
+		return err
+	}
+	return b.buildModule(ctx, component{
+		name: "kubernetes", version: KubernetesVersion,
+		require: map[string]string{"k8s.io/kubernetes": KubernetesVersion},
+		replace: replace,
+		pkgs:    []string{"k8s.io/kubernetes/cmd/kubectl"},
+		ldflags: ld, outDir: dir, want: want[3:],
 	})
 }
 

@@ -67,9 +67,23 @@ func waitReady(t *testing.T, ctx context.Context, ns, selector string, n int, ti
 	}
 }
 
+// predictRows sends a batch and checks only that it was answered.
+func predictRows(ctx context.Context, path string, rows [][]float64) error {
+	_, err := predictBatch(ctx, path, rows)
+	return err
+}
+
 // predict sends one Seldon v1 request through the gateway.
 func predict(ctx context.Context, path string, row []float64) ([]float64, error) {
-	body, _ := json.Marshal(map[string]any{"data": map[string]any{"ndarray": [][]float64{row}}})
+	out, err := predictBatch(ctx, path, [][]float64{row})
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
+
+func predictBatch(ctx context.Context, path string, rows [][]float64) ([][]float64, error) {
+	body, _ := json.Marshal(map[string]any{"data": map[string]any{"ndarray": rows}})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, gatewayURL+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -89,10 +103,10 @@ func predict(ctx context.Context, path string, row []float64) ([]float64, error)
 			Ndarray [][]float64 `json:"ndarray"`
 		} `json:"data"`
 	}
-	if err := json.Unmarshal(data, &out); err != nil || len(out.Data.Ndarray) != 1 {
-		return nil, fmt.Errorf("unexpected answer %s: %v", data, err)
+	if err := json.Unmarshal(data, &out); err != nil || len(out.Data.Ndarray) != len(rows) {
+		return nil, fmt.Errorf("unexpected answer %.200s: %v", data, err)
 	}
-	return out.Data.Ndarray[0], nil
+	return out.Data.Ndarray, nil
 }
 
 // TestSmoke: the control plane schedules a model server on the node, which
