@@ -36,6 +36,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Pods, optional: see PodCounter.
 	Pods PodCounter
+	// Healthy and Ready, optional, are the collector's checks (its loop is
+	// not stuck; its target list and windows are complete). Serve exposes
+	// them as /healthz and /readyz on the metrics port, for kubelet probes
+	// that cannot speak mutual TLS, and Ready drives the gRPC health status.
+	Healthy, Ready func() error
 }
 
 // NewConfig returns the defaults.

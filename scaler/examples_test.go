@@ -26,6 +26,7 @@ import (
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/scaler/trigger"
 )
 
 // kedaCRDs is KEDA's CRDs as the project pins them (shared/ sits beside the
@@ -171,15 +172,15 @@ func checkExample(obj map[string]any, crds map[string]*crdSchema) error {
 	ns := obj["metadata"].(map[string]any)["namespace"].(string)
 	name := obj["metadata"].(map[string]any)["name"].(string)
 	for i, tr := range obj["spec"].(map[string]any)["triggers"].([]any) {
-		trigger := tr.(map[string]any)
-		if typ := trigger["type"]; typ != "external" && typ != "external-push" {
+		tm := tr.(map[string]any)
+		if typ := tm["type"]; typ != "external" && typ != "external-push" {
 			continue
 		}
 		metadata := map[string]string{}
-		for k, v := range trigger["metadata"].(map[string]any) {
+		for k, v := range tm["metadata"].(map[string]any) {
 			metadata[k] = fmt.Sprint(v)
 		}
-		if _, err := ParseTrigger(&pb.ScaledObjectRef{Name: name, Namespace: ns, ScalerMetadata: metadata}, defaultMetricNames()); err != nil {
+		if _, err := trigger.Parse(&pb.ScaledObjectRef{Name: name, Namespace: ns, ScalerMetadata: metadata}, defaultMetricNames()); err != nil {
 			return fmt.Errorf("spec.triggers[%d]: %w", i, err)
 		}
 	}
@@ -228,7 +229,7 @@ func TestScaledObjectExamples(t *testing.T) {
 	// The checks can fail: each broken variant of the first example must be
 	// rejected, by the CRD or by the scaler.
 	base := readObjects(t, "testdata/scaledobject-external.yaml")[0]
-	trigger := func(o map[string]any) map[string]any {
+	first := func(o map[string]any) map[string]any {
 		return o["spec"].(map[string]any)["triggers"].([]any)[0].(map[string]any)
 	}
 	broken := []struct {
@@ -239,13 +240,13 @@ func TestScaledObjectExamples(t *testing.T) {
 		{"no triggers", func(o map[string]any) { o["spec"].(map[string]any)["triggers"] = []any{} }, "spec.triggers"},
 		{"min above max (CEL rule)", func(o map[string]any) { o["spec"].(map[string]any)["minReplicaCount"] = int64(30) }, "spec: Invalid value: minReplicaCount must be less than or equal to maxReplicaCount"},
 		{"misspelt field", func(o map[string]any) { o["spec"].(map[string]any)["minReplicas"] = int64(1) }, "spec.minReplicas"},
-		{"empty trigger type", func(o map[string]any) { trigger(o)["type"] = "" }, "spec.triggers[0].type"},
-		{"number where metadata wants strings", func(o map[string]any) { trigger(o)["metadata"].(map[string]any)["targetValue"] = int64(4) }, "spec.triggers[0].metadata.targetValue"},
+		{"empty trigger type", func(o map[string]any) { first(o)["type"] = "" }, "spec.triggers[0].type"},
+		{"number where metadata wants strings", func(o map[string]any) { first(o)["metadata"].(map[string]any)["targetValue"] = int64(4) }, "spec.triggers[0].metadata.targetValue"},
 		{"no scale target", func(o map[string]any) { delete(o["spec"].(map[string]any), "scaleTargetRef") }, "spec.scaleTargetRef"},
 		{"wrong apiVersion", func(o map[string]any) { o["apiVersion"] = "keda.sh/v1" }, "apiVersion"},
-		{"scaler: no targetValue", func(o map[string]any) { delete(trigger(o)["metadata"].(map[string]any), "targetValue") }, "targetValue is required"},
-		{"scaler: two workloads", func(o map[string]any) { trigger(o)["metadata"].(map[string]any)["labelSelector"] = "app=iris" }, "mutually exclusive"},
-		{"scaler: unknown metric", func(o map[string]any) { trigger(o)["metadata"].(map[string]any)["metricName"] = "rps" }, `"rps" is not served`},
+		{"scaler: no targetValue", func(o map[string]any) { delete(first(o)["metadata"].(map[string]any), "targetValue") }, "targetValue is required"},
+		{"scaler: two workloads", func(o map[string]any) { first(o)["metadata"].(map[string]any)["labelSelector"] = "app=iris" }, "mutually exclusive"},
+		{"scaler: unknown metric", func(o map[string]any) { first(o)["metadata"].(map[string]any)["metricName"] = "rps" }, `"rps" is not served`},
 	}
 	for _, tc := range broken {
 		t.Run("broken/"+tc.name, func(t *testing.T) {

@@ -180,7 +180,7 @@ func TestWithRealCollector(t *testing.T) {
 }
 
 // serveServer serves an already built Server on loopback.
-func serveServer(t *testing.T, s *Server) *testServer {
+func serveServer(t testing.TB, s *Server) *testServer {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // GRPCServerOptions returns the options a grpc.Server hosting this scaler
@@ -73,6 +74,8 @@ func (s *Server) Serve(ctx context.Context, lis, mlis net.Listener) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.InstrumentMetricHandler(s.cfg.Registry,
 			promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{Registry: s.cfg.Registry})))
+		mux.Handle("/healthz", checkHandler(s.cfg.Healthy))
+		mux.Handle("/readyz", checkHandler(s.ready))
 		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := hs.Serve(mlis); !errors.Is(err, http.ErrServerClosed) {
@@ -80,6 +83,7 @@ func (s *Server) Serve(ctx context.Context, lis, mlis net.Listener) error {
 			}
 		}()
 	}
+	go s.followReadiness()
 	s.log.Info("KEDA external scaler serving", "address", lis.Addr().String(), "tls", s.cfg.TLSCertFile != "", "mtls", s.cfg.ClientCAFile != "")
 
 	select {
@@ -104,4 +108,60 @@ func (s *Server) Serve(ctx context.Context, lis, mlis net.Listener) error {
 		}
 	}
 	return err
+}
+
+// ready fails while the collector is not ready or the scaler is stopping.
+func (s *Server) ready() error {
+	select {
+	case <-s.done:
+		return errors.New("shutting down")
+	default:
+	}
+	if s.cfg.Ready != nil {
+		return s.cfg.Ready()
+	}
+	return nil
+}
+
+// followReadiness mirrors cfg.Ready into the gRPC health status, so a
+// health-checking client (or grpc_health_probe) sees NOT_SERVING while the
+// collector has no complete window yet.
+func (s *Server) followReadiness() {
+	if s.cfg.Ready == nil {
+		return
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		st := healthpb.HealthCheckResponse_SERVING
+		if s.cfg.Ready() != nil {
+			st = healthpb.HealthCheckResponse_NOT_SERVING
+		}
+		select {
+		case <-s.done:
+			return
+		default:
+		}
+		s.health.SetServingStatus("", st)
+		s.health.SetServingStatus(ServiceName, st)
+		select {
+		case <-s.done:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func checkHandler(check func() error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if check != nil {
+			if err := check(); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintf(w, "not ok: %v\n", err)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ok")
+	})
 }

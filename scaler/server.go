@@ -9,7 +9,6 @@ package scaler
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math"
 	"sync"
@@ -24,6 +23,7 @@ import (
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/scaler/trigger"
 )
 
 // Reader is what the scaler reads from the collector: collector.Reader for
@@ -142,7 +142,7 @@ func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb
 	// KEDA asks with the name GetMetricSpec returned (its "sN-" prefix
 	// removed); anything else is a caller mixing up triggers.
 	if name := req.GetMetricName(); name != "" && name != t.Metric {
-		return nil, invalid("metricName: request asks for %q but the trigger's %s is %q", name, KeyMetricName, t.Metric)
+		return nil, trigger.Invalid("metricName: request asks for %q but the trigger's %s is %q", name, trigger.KeyMetricName, t.Metric)
 	}
 	v, err := s.value(ctx, t)
 	if err != nil {
@@ -232,11 +232,11 @@ func (s *Server) StreamMetricSpec(ref *pb.ScaledObjectRef, stream grpc.ServerStr
 	}
 }
 
-func (s *Server) trigger(ref *pb.ScaledObjectRef) (*Trigger, error) {
-	return ParseTrigger(ref, s.reader.Metrics())
+func (s *Server) trigger(ref *pb.ScaledObjectRef) (*trigger.Trigger, error) {
+	return trigger.Parse(ref, s.reader.Metrics())
 }
 
-func metricSpec(t *Trigger) *pb.GetMetricSpecResponse {
+func metricSpec(t *trigger.Trigger) *pb.GetMetricSpecResponse {
 	// The deprecated integer target must not be 0 for a positive float
 	// target: older KEDA versions read only this field.
 	return &pb.GetMetricSpecResponse{MetricSpecs: []*pb.MetricSpec{{
@@ -259,7 +259,7 @@ const (
 // NotFound for a named workload that does not exist, Unavailable for pods that
 // exist but have no data (not scraped yet, scrapes failing) and for backend
 // failures, whose details go to the log rather than to the caller.
-func (s *Server) value(ctx context.Context, t *Trigger) (float64, error) {
+func (s *Server) value(ctx context.Context, t *trigger.Trigger) (float64, error) {
 	sel := t.Selector
 	if sel == nil {
 		var err error
@@ -267,14 +267,14 @@ func (s *Server) value(ctx context.Context, t *Trigger) (float64, error) {
 		switch {
 		case errors.Is(err, collector.ErrWorkloadNotFound):
 			s.metrics.outcome(t.Metric, outcomeNotFound)
-			return 0, status.Errorf(codes.NotFound, "%s: %s %s/%s not found or selects no pods", workloadKey(t.Kind), t.Kind, t.Namespace, t.Name)
+			return 0, status.Errorf(codes.NotFound, "%s: %s %s/%s not found or selects no pods", trigger.WorkloadKey(t.Kind), t.Kind, t.Namespace, t.Name)
 		case err != nil:
 			return 0, s.backendError(ctx, t, "resolving the workload", err)
 		}
 	}
 	var v float64
 	var err error
-	if t.Aggregation == Default {
+	if t.Aggregation == trigger.Default {
 		var agg collector.Aggregate
 		agg, err = s.reader.AggregateValue(ctx, t.Metric, t.Namespace, sel)
 		if err == nil && agg.Pods == 0 {
@@ -288,7 +288,7 @@ func (s *Server) value(ctx context.Context, t *Trigger) (float64, error) {
 			err = collector.ErrNoData
 		}
 		if err == nil {
-			v = t.Aggregation.apply(values)
+			v = t.Aggregation.Fold(values)
 		}
 	}
 	switch {
@@ -297,7 +297,7 @@ func (s *Server) value(ctx context.Context, t *Trigger) (float64, error) {
 		return v, nil
 	case errors.Is(err, collector.ErrUnknownMetric):
 		s.metrics.outcome(t.Metric, outcomeError)
-		return 0, invalid("%s: %q is not served", KeyMetricName, t.Metric)
+		return 0, trigger.Invalid("%s: %q is not served", trigger.KeyMetricName, t.Metric)
 	case errors.Is(err, collector.ErrNoData):
 		if s.pods != nil {
 			n, cerr := s.pods.CountPods(ctx, t.Namespace, sel)
@@ -312,35 +312,19 @@ func (s *Server) value(ctx context.Context, t *Trigger) (float64, error) {
 			}
 		}
 		s.metrics.outcome(t.Metric, outcomeNoData)
-		return 0, status.Errorf(codes.Unavailable, "no data for %s from the pods of %s: not scraped yet or scrapes failing", t.Metric, t.describe())
+		return 0, status.Errorf(codes.Unavailable, "no data for %s from the pods of %s: not scraped yet or scrapes failing", t.Metric, t.Describe())
 	default:
 		return 0, s.backendError(ctx, t, "reading "+t.Metric, err)
 	}
 }
 
-func (s *Server) backendError(ctx context.Context, t *Trigger, doing string, err error) error {
+func (s *Server) backendError(ctx context.Context, t *trigger.Trigger, doing string, err error) error {
 	if ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()
 	}
 	s.metrics.outcome(t.Metric, outcomeError)
-	s.log.Error(doing+" failed", "workload", t.describe(), "err", err)
-	return status.Errorf(codes.Unavailable, "%s for %s failed; see the scaler's log", doing, t.describe())
-}
-
-func (t *Trigger) describe() string {
-	if t.Selector != nil {
-		return fmt.Sprintf("namespace %s selector %q", t.Namespace, t.Selector.String())
-	}
-	return fmt.Sprintf("%s %s/%s", t.Kind, t.Namespace, t.Name)
-}
-
-func workloadKey(kind string) string {
-	for _, w := range workloadKeys {
-		if w.kind == kind {
-			return w.key
-		}
-	}
-	return KeyLabelSelector
+	s.log.Error(doing+" failed", "workload", t.Describe(), "err", err)
+	return status.Errorf(codes.Unavailable, "%s for %s failed; see the scaler's log", doing, t.Describe())
 }
 
 // toInt64 fills KEDA's deprecated integer fields.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -671,5 +672,54 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestReadinessFollowsCollector(t *testing.T) {
+	var notReady atomic.Pointer[error]
+	e := errors.New("collector: first window not complete")
+	notReady.Store(&e)
+	ready := func() error {
+		if p := notReady.Load(); p != nil {
+			return *p
+		}
+		return nil
+	}
+	ts := serve(t, world(), Config{Ready: ready, Healthy: func() error { return nil }})
+	health := healthpb.NewHealthClient(dial(t, ts.addr, nil))
+	get := func(path string) int {
+		resp, err := http.Get("http://" + ts.metricsAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	grpcStatus := func() healthpb.HealthCheckResponse_ServingStatus {
+		r, err := health.Check(context.Background(), &healthpb.HealthCheckRequest{Service: ServiceName})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Status
+	}
+	waitFor(t, "NOT_SERVING while the collector is not ready", func() bool {
+		return grpcStatus() == healthpb.HealthCheckResponse_NOT_SERVING
+	})
+	if got := get("/readyz"); got != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while not ready: %d, want 503", got)
+	}
+	if got := get("/healthz"); got != http.StatusOK {
+		t.Errorf("/healthz: %d, want 200", got)
+	}
+	notReady.Store(nil)
+	waitFor(t, "SERVING once the collector is ready", func() bool {
+		return grpcStatus() == healthpb.HealthCheckResponse_SERVING
+	})
+	if got := get("/readyz"); got != http.StatusOK {
+		t.Errorf("/readyz when ready: %d, want 200", got)
+	}
+	ts.s.Shutdown()
+	if got := get("/readyz"); got != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while stopping: %d, want 503", got)
 	}
 }

@@ -1,4 +1,7 @@
-package scaler
+// Package trigger parses and validates the metadata of a KEDA `external` or
+// `external-push` trigger aimed at mlscale's scaler: which pods, which
+// metric, the target and activation values, and how pod values fold into one.
+package trigger
 
 import (
 	"fmt"
@@ -67,7 +70,8 @@ const (
 
 var aggregations = []Aggregation{Sum, Mean, Max, Min}
 
-func (a Aggregation) apply(values []collector.PodValue) float64 {
+// Fold combines pod values (at least one) as a says.
+func (a Aggregation) Fold(values []collector.PodValue) float64 {
 	switch a {
 	case Mean:
 		var s float64
@@ -120,13 +124,13 @@ var workloadKeys = []struct{ key, kind string }{
 	{KeyLabelSelector, ""},
 }
 
-// ParseTrigger validates a ScaledObjectRef's metadata. served lists the metric
+// Parse validates a ScaledObjectRef's metadata. served lists the metric
 // names the collector serves. Every error is a gRPC InvalidArgument status
 // whose message names the offending key, so KEDA's log and the ScaledObject's
 // events say what to fix.
-func ParseTrigger(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
+func Parse(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
 	if ref == nil {
-		return nil, invalid("scaledObjectRef is required")
+		return nil, Invalid("scaledObjectRef is required")
 	}
 	md := ref.GetScalerMetadata()
 	if err := checkKeys(md); err != nil {
@@ -136,7 +140,7 @@ func ParseTrigger(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
 		v, okPlain := md[key]
 		e, okEnv := md[key+fromEnvSuffix]
 		if okPlain && okEnv {
-			return "", invalid("%s and %s%s are mutually exclusive", key, key, fromEnvSuffix)
+			return "", Invalid("%s and %s%s are mutually exclusive", key, key, fromEnvSuffix)
 		}
 		if okEnv {
 			v = e
@@ -153,7 +157,7 @@ func ParseTrigger(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
 		t.Namespace = ref.GetNamespace()
 	}
 	if t.Namespace == "" {
-		return nil, invalid("%s: not set in the trigger metadata and the ScaledObjectRef has no namespace", KeyNamespace)
+		return nil, Invalid("%s: not set in the trigger metadata and the ScaledObjectRef has no namespace", KeyNamespace)
 	}
 
 	var given []string
@@ -169,10 +173,10 @@ func ParseTrigger(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
 		if w.kind == "" {
 			sel, err := labels.Parse(v)
 			if err != nil {
-				return nil, invalid("%s: %v", KeyLabelSelector, err)
+				return nil, Invalid("%s: %v", KeyLabelSelector, err)
 			}
 			if sel.Empty() {
-				return nil, invalid("%s: %q selects every pod in the namespace; name the model server's labels", KeyLabelSelector, v)
+				return nil, Invalid("%s: %q selects every pod in the namespace; name the model server's labels", KeyLabelSelector, v)
 			}
 			t.Selector = sel
 		} else {
@@ -181,33 +185,33 @@ func ParseTrigger(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
 	}
 	switch len(given) {
 	case 0:
-		return nil, invalid("one of %s, %s, %s or %s is required", KeyDeploymentName, KeySeldonDeploymentName, KeyServiceName, KeyLabelSelector)
+		return nil, Invalid("one of %s, %s, %s or %s is required", KeyDeploymentName, KeySeldonDeploymentName, KeyServiceName, KeyLabelSelector)
 	case 1:
 	default:
-		return nil, invalid("%s are mutually exclusive: give one", strings.Join(given, " and "))
+		return nil, Invalid("%s are mutually exclusive: give one", strings.Join(given, " and "))
 	}
 
 	if t.Metric, err = get(KeyMetricName); err != nil {
 		return nil, err
 	}
 	if t.Metric == "" {
-		return nil, invalid("%s is required (one of %s)", KeyMetricName, strings.Join(sorted(served), ", "))
+		return nil, Invalid("%s is required (one of %s)", KeyMetricName, strings.Join(sorted(served), ", "))
 	}
 	if !slices.Contains(served, t.Metric) {
-		return nil, invalid("%s: %q is not served (one of %s)", KeyMetricName, t.Metric, strings.Join(sorted(served), ", "))
+		return nil, Invalid("%s: %q is not served (one of %s)", KeyMetricName, t.Metric, strings.Join(sorted(served), ", "))
 	}
 
 	if t.Target, err = number(get, KeyTargetValue, true); err != nil {
 		return nil, err
 	}
 	if !(t.Target > 0) {
-		return nil, invalid("%s: must be greater than 0, got %v", KeyTargetValue, t.Target)
+		return nil, Invalid("%s: must be greater than 0, got %v", KeyTargetValue, t.Target)
 	}
 	if t.Activation, err = number(get, KeyActivationValue, false); err != nil {
 		return nil, err
 	}
 	if t.Activation < 0 {
-		return nil, invalid("%s: must not be negative, got %v", KeyActivationValue, t.Activation)
+		return nil, Invalid("%s: must not be negative, got %v", KeyActivationValue, t.Activation)
 	}
 
 	agg, err := get(KeyAggregation)
@@ -217,7 +221,7 @@ func ParseTrigger(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
 	if agg != "" {
 		t.Aggregation = Aggregation(strings.ToLower(agg))
 		if !slices.Contains(aggregations, t.Aggregation) {
-			return nil, invalid("%s: %q is not one of %s", KeyAggregation, agg, aggregationNames())
+			return nil, Invalid("%s: %q is not one of %s", KeyAggregation, agg, aggregationNames())
 		}
 	}
 	return t, nil
@@ -231,13 +235,13 @@ func number(get func(string) (string, error), key string, required bool) (float6
 	}
 	if s == "" {
 		if required {
-			return 0, invalid("%s is required", key)
+			return 0, Invalid("%s is required", key)
 		}
 		return 0, nil
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsInf(v, 0) || math.IsNaN(v) {
-		return 0, invalid("%s: %q is not a finite number", key, s)
+		return 0, Invalid("%s: %q is not a finite number", key, s)
 	}
 	return v, nil
 }
@@ -255,7 +259,7 @@ func checkKeys(md map[string]string) error {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return invalid("unknown metadata key(s) %s (known: %s)", strings.Join(unknown, ", "), strings.Join(ownKeys, ", "))
+		return Invalid("unknown metadata key(s) %s (known: %s)", strings.Join(unknown, ", "), strings.Join(ownKeys, ", "))
 	}
 	return nil
 }
@@ -274,6 +278,25 @@ func sorted(s []string) []string {
 	return c
 }
 
-func invalid(format string, args ...any) error {
+// Invalid is the InvalidArgument status every metadata error is.
+func Invalid(format string, args ...any) error {
 	return status.Error(codes.InvalidArgument, fmt.Sprintf(format, args...))
+}
+
+// Describe names the pods for messages.
+func (t *Trigger) Describe() string {
+	if t.Selector != nil {
+		return fmt.Sprintf("namespace %s selector %q", t.Namespace, t.Selector.String())
+	}
+	return fmt.Sprintf("%s %s/%s", t.Kind, t.Namespace, t.Name)
+}
+
+// WorkloadKey is the metadata key that names a workload of kind.
+func WorkloadKey(kind string) string {
+	for _, w := range workloadKeys {
+		if w.kind == kind {
+			return w.key
+		}
+	}
+	return KeyLabelSelector
 }
