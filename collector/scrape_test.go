@@ -34,7 +34,7 @@ type fakeModel struct {
 	served   []string // Content-Types served
 }
 
-func newFakeModel(t testing.TB) *fakeModel {
+func newFakeModel(t testing.TB, extra ...prometheus.Collector) *fakeModel {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	m := &fakeModel{
@@ -46,6 +46,7 @@ func newFakeModel(t testing.TB) *fakeModel {
 		cpu:      prometheus.NewCounter(prometheus.CounterOpts{Name: "process_cpu_seconds_total", Help: "h"}),
 	}
 	reg.MustRegister(m.requests, m.rows, m.batch, m.latency, m.inflight, m.cpu)
+	reg.MustRegister(extra...)
 	h := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	m.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s := m.status.Load(); s != 0 {

@@ -1,0 +1,234 @@
+package promql
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	promapi "github.com/prometheus/client_golang/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/mlscale/mlscale/collector"
+)
+
+const prometheusBin = "/usr/bin/prometheus"
+
+// endpoint is a loopback metrics endpoint whose request counter grows at a
+// steady rate, every request 4 rows taking 3 ms.
+type endpoint struct {
+	url string
+}
+
+func startEndpoint(t testing.TB, ctx context.Context, rps float64) endpoint {
+	reg := prometheus.NewRegistry()
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mlscale_requests_total", Help: "h"}, []string{"code"})
+	batch := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mlscale_batch_size", Help: "h", Buckets: []float64{1, 2, 4, 8}})
+	latency := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mlscale_request_duration_seconds", Help: "h", Buckets: []float64{.001, .005, .01}})
+	reg.MustRegister(requests, batch, latency)
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	t.Cleanup(srv.Close)
+	go func() {
+		start := time.Now()
+		done := 0
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			due := int(time.Since(start).Seconds() * rps)
+			for ; done < due; done++ {
+				requests.WithLabelValues("200").Inc()
+				batch.Observe(4)
+				latency.Observe(0.003)
+			}
+		}
+	}()
+	return endpoint{url: srv.URL}
+}
+
+func freePort(t testing.TB) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startPrometheus runs the real Prometheus binary scraping targets (pod
+// name → URL) in namespace models every interval, and returns its URL.
+func startPrometheus(t testing.TB, ctx context.Context, interval time.Duration, targets map[string]string) string {
+	t.Helper()
+	if _, err := os.Stat(prometheusBin); err != nil {
+		t.Skipf("%s not installed (apt-get install prometheus)", prometheusBin)
+	}
+	dir := t.TempDir()
+	var b strings.Builder
+	fmt.Fprintf(&b, "global: {scrape_interval: %s, evaluation_interval: %s}\nscrape_configs:\n- job_name: pods\n  static_configs:\n", interval, interval)
+	for pod, u := range targets {
+		fmt.Fprintf(&b, "  - targets: [%q]\n    labels: {namespace: models, pod: %q}\n", strings.TrimPrefix(u, "http://"), pod)
+	}
+	cfg := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cmd := exec.CommandContext(ctx, prometheusBin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--log.level=warn")
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	t.Cleanup(func() {
+		once.Do(func() {
+			cmd.Process.Kill() //nolint:errcheck // it may have exited
+			cmd.Wait()         //nolint:errcheck // killed
+		})
+	})
+	u := "http://" + addr
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		resp, err := http.Get(u + "/-/ready")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	}); err != nil {
+		t.Fatalf("prometheus not ready: %v\n%s", err, logs.String())
+	}
+	return u
+}
+
+func readyPod(name string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "models", Name: name, Labels: map[string]string{"app": "iris"}},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+	}
+}
+
+func TestSourceAgainstPrometheus(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the Prometheus binary for ~10 s")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, b := startEndpoint(t, ctx, 20), startEndpoint(t, ctx, 10)
+	promURL := startPrometheus(t, ctx, time.Second, map[string]string{"iris-a": a.url, "iris-b": b.url})
+
+	notReady := readyPod("iris-c")
+	notReady.Status.Conditions[0].Status = corev1.ConditionFalse
+	client := fake.NewClientset(readyPod("iris-a"), readyPod("iris-b"), notReady)
+	factory := informers.NewSharedInformerFactory(client, 0)
+	lister := factory.Core().V1().Pods().Lister()
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+
+	pc, err := promapi.NewClient(promapi.Config{Address: promURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := NewOptions()
+	opts.Window = 5 * time.Second
+	src, err := New(pc, collector.DefaultRules(), lister, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := labels.SelectorFromSet(labels.Set{"app": "iris"})
+	// Wait for a full window of scrapes.
+	time.Sleep(7 * time.Second)
+
+	vals, err := src.PodValues(ctx, "requests_per_second", "models", sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{"iris-a": 20, "iris-b": 10}
+	if len(vals) != 2 {
+		t.Fatalf("values %+v, want two pods", vals)
+	}
+	for _, v := range vals {
+		if math.Abs(v.Value-want[v.Pod])/want[v.Pod] > 0.15 {
+			t.Errorf("%s requests_per_second = %.2f, want %.0f ±15%%", v.Pod, v.Value, want[v.Pod])
+		}
+	}
+	agg, err := src.AggregateValue(ctx, "requests_per_second", "models", sel)
+	if err != nil || math.Abs(agg.Value-30)/30 > 0.15 {
+		t.Errorf("aggregate requests_per_second = %+v, %v; want 30 ±15%%", agg, err)
+	}
+	mean, err := src.AggregateValue(ctx, "batch_size", "models", sel)
+	if err != nil || math.Abs(mean.Value-4) > 1e-9 {
+		t.Errorf("batch_size = %+v, %v; want exactly 4", mean, err)
+	}
+	p99, err := src.PodValues(ctx, "request_duration_p99_seconds", "models", sel)
+	if err != nil || len(p99) != 2 || p99[0].Value <= 0.001 || p99[0].Value > 0.005 {
+		t.Errorf("p99 = %+v, %v; want within the (1 ms, 5 ms] bucket", p99, err)
+	}
+
+	for name, tc := range map[string]struct {
+		metric string
+		sel    labels.Selector
+		want   error
+	}{
+		"unknown metric": {"nope", sel, collector.ErrUnknownMetric},
+		"no pods":        {"requests_per_second", labels.SelectorFromSet(labels.Set{"app": "none"}), collector.ErrNoData},
+		"series missing": {"inflight_requests", sel, collector.ErrNoData},
+	} {
+		if _, err := src.PodValues(ctx, tc.metric, "models", tc.sel); !errors.Is(err, tc.want) {
+			t.Errorf("%s: err = %v, want %v", name, err, tc.want)
+		}
+	}
+
+	// Prometheus gone: an error that is not "no data".
+	down, _ := promapi.NewClient(promapi.Config{Address: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))})
+	dsrc, _ := New(down, collector.DefaultRules(), lister, opts)
+	if _, err := dsrc.PodValues(ctx, "requests_per_second", "models", sel); err == nil || errors.Is(err, collector.ErrNoData) {
+		t.Errorf("prometheus down: err = %v, want a query error", err)
+	}
+}
+
+func TestQuery(t *testing.T) {
+	src := &Source{opts: NewOptions()}
+	pods := []string{"iris-a", "iris.b"}
+	for _, tc := range []struct {
+		rule   collector.Rule
+		perPod bool
+		want   string
+	}{
+		{collector.Rule{Series: "x_total", Compute: collector.ComputeRate, Aggregate: collector.AggSum}, true,
+			`sum by (namespace, pod) (rate(x_total{namespace="ns",pod=~"iris-a|iris\\.b"}[1m]))`},
+		{collector.Rule{Series: "x_total", Compute: collector.ComputeRate, Aggregate: collector.AggSum, Labels: map[string]string{"code": "500"}}, false,
+			`sum(rate(x_total{code="500",namespace="ns",pod=~"iris-a|iris\\.b"}[1m]))`},
+		{collector.Rule{Series: "h", Compute: collector.ComputeMean, Aggregate: collector.AggPooled}, false,
+			`sum(rate(h_sum{namespace="ns",pod=~"iris-a|iris\\.b"}[1m])) / sum(rate(h_count{namespace="ns",pod=~"iris-a|iris\\.b"}[1m]))`},
+		{collector.Rule{Series: "h", Compute: collector.ComputeQuantile, Quantile: 0.99, Aggregate: collector.AggMax}, false,
+			`max(histogram_quantile(0.99, sum by (namespace, pod, le) (rate(h_bucket{namespace="ns",pod=~"iris-a|iris\\.b"}[1m]))))`},
+		{collector.Rule{Series: "g", Compute: collector.ComputeLast, Aggregate: collector.AggAvg}, false,
+			`avg(sum by (namespace, pod) (g{namespace="ns",pod=~"iris-a|iris\\.b"}))`},
+	} {
+		if got := src.Query(tc.rule, "ns", pods, tc.perPod); got != tc.want {
+			t.Errorf("Query =\n  %s\nwant\n  %s", got, tc.want)
+		}
+	}
+}
