@@ -19,6 +19,7 @@ import (
 	promapi "github.com/prometheus/client_golang/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -157,8 +158,15 @@ func TestSourceAgainstPrometheus(t *testing.T) {
 		t.Fatal(err)
 	}
 	sel := labels.SelectorFromSet(labels.Set{"app": "iris"})
-	// Wait for a full window of scrapes.
-	time.Sleep(7 * time.Second)
+	// Wait until Prometheus holds a full window of scrapes of both pods (its
+	// first scrape comes a few seconds after it reports ready).
+	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		v, _, _, err := src.api.Query(ctx, `count(count_over_time(mlscale_requests_total[5s]) >= 5) == 2`, time.Now())
+		vec, ok := v.(model.Vector)
+		return err == nil && ok && len(vec) == 1, nil
+	}); err != nil {
+		t.Fatalf("prometheus never had a window of samples: %v", err)
+	}
 
 	vals, err := src.PodValues(ctx, "requests_per_second", "models", sel)
 	if err != nil {
