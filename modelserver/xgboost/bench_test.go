@@ -1,7 +1,10 @@
 package xgboost_test
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -46,6 +49,60 @@ func BenchmarkPredictBatch(b *testing.B) {
 			b.ReportMetric(total/(cpuSeconds(b)-cpu0), "rows/cpu-s")
 		})
 	}
+}
+
+// BenchmarkPredictFile evaluates the model in $MLSCALE_BENCH_MODEL on the
+// float32 rows in $MLSCALE_BENCH_ROWS (raw little-endian, row-major): how
+// bench_xgboost.py compares models it trains at run time (deep and
+// loss-guided trees) with XGBoost on identical rows. Skipped without them.
+func BenchmarkPredictFile(b *testing.B) {
+	modelPath, rowsPath := os.Getenv("MLSCALE_BENCH_MODEL"), os.Getenv("MLSCALE_BENCH_ROWS")
+	if modelPath == "" || rowsPath == "" {
+		b.Skip("MLSCALE_BENCH_MODEL and MLSCALE_BENCH_ROWS not set")
+	}
+	m, err := xgboost.Load(modelPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, err := os.ReadFile(rowsPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	x := make([]float32, len(raw)/4)
+	for i := range x {
+		x[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+	}
+	rows := len(x) / m.NumFeatures()
+	x = x[:rows*m.NumFeatures()]
+	out := make([]float32, rows*m.NumOutputs())
+	if want := os.Getenv("MLSCALE_BENCH_WANT"); want != "" {
+		// XGBoost's predictions for these rows: don't time a wrong answer.
+		raw, err := os.ReadFile(want)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := m.PredictBatch(x, rows, out); err != nil {
+			b.Fatal(err)
+		}
+		if len(raw) != 4*len(out) {
+			b.Fatalf("%s holds %d values, want %d", want, len(raw)/4, len(out))
+		}
+		for i, got := range out {
+			if w := math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])); got != w {
+				b.Fatalf("row %d output %d: Go %v, XGBoost %v", i/m.NumOutputs(), i%m.NumOutputs(), got, w)
+			}
+		}
+	}
+	b.ReportAllocs()
+	cpu0 := cpuSeconds(b)
+	for b.Loop() {
+		if err := m.PredictBatch(x, rows, out); err != nil {
+			b.Fatal(err)
+		}
+	}
+	total := float64(rows) * float64(b.N)
+	b.ReportMetric(total/b.Elapsed().Seconds(), "rows/s")
+	b.ReportMetric(total/(cpuSeconds(b)-cpu0), "rows/cpu-s")
 }
 
 // cpuSeconds is the process's user+system CPU time.
