@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
+	promapi "github.com/prometheus/client_golang/api"
 	"github.com/spf13/pflag"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/client-go/kubernetes"
@@ -22,12 +24,22 @@ import (
 
 	"github.com/mlscale/mlscale/adapter"
 	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/collector/promql"
 )
+
+// alwaysUp is the loop state of the PromQL source: it has no loop; a failing
+// Prometheus shows in the answers (and the log), not in the probes.
+type alwaysUp struct{}
+
+func (alwaysUp) Healthy() error { return nil }
+func (alwaysUp) Ready() error   { return nil }
 
 type adapterCmd struct {
 	basecmd.AdapterBase
 	configPath     string
 	enableExternal bool
+	prometheusURL  string
+	promWindow     time.Duration
 }
 
 func main() {
@@ -45,6 +57,8 @@ func main() {
 	fs := cmd.Flags()
 	fs.StringVar(&cmd.configPath, "config", "", "YAML config: scrape, discovery and rules (empty: the default metrics of pods annotated prometheus.io/scrape=true)")
 	fs.BoolVar(&cmd.enableExternal, "enable-external-metrics", true, "serve external.metrics.k8s.io too; turn off where another provider (KEDA) owns that API group")
+	fs.StringVar(&cmd.prometheusURL, "prometheus-url", "", "read the metrics from this Prometheus with PromQL instead of scraping pods (the config's rules still apply; discovery and scrape settings do not)")
+	fs.DurationVar(&cmd.promWindow, "prometheus-window", promql.NewOptions().Window, "rate window of the PromQL queries (at least four of that Prometheus' scrape intervals)")
 	logs.AddFlags(fs)
 	if err := fs.Parse(os.Args); err != nil {
 		klog.ErrorS(err, "Parsing flags")
@@ -85,20 +99,45 @@ func run(cmd *adapterCmd) error {
 	// Everything registers on the API server's registry, so /metrics shows
 	// the collector's and the provider's series beside the server's own.
 	reg := legacyregistry.Registerer()
-	col, err := collector.New(cfg.Scrape.Options(), cfg.Rules, reg)
-	if err != nil {
-		return err
-	}
-	disc, err := collector.NewDiscovery(client, cfg.Discovery, col)
-	if err != nil {
-		return err
-	}
-	col.SetSynced(disc.HasSynced)
 	inf, err := cmd.Informers()
 	if err != nil {
 		return err
 	}
-	prov := adapter.NewProvider(col, collector.NewListerResolver(inf), reg)
+	resolver := collector.NewListerResolver(inf)
+	var (
+		src   adapter.Source
+		loop  adapter.LoopState
+		start func(context.Context)
+	)
+	if cmd.prometheusURL != "" {
+		pc, err := promapi.NewClient(promapi.Config{Address: cmd.prometheusURL})
+		if err != nil {
+			return fmt.Errorf("prometheus client: %w", err)
+		}
+		o := promql.NewOptions()
+		o.Window = cmd.promWindow
+		ps, err := promql.New(pc, cfg.Rules, inf.Core().V1().Pods().Lister(), o)
+		if err != nil {
+			return err
+		}
+		src, loop, start = ps, alwaysUp{}, func(context.Context) {}
+	} else {
+		col, err := collector.New(cfg.Scrape.Options(), cfg.Rules, reg)
+		if err != nil {
+			return err
+		}
+		disc, err := collector.NewDiscovery(client, cfg.Discovery, col)
+		if err != nil {
+			return err
+		}
+		col.SetSynced(disc.HasSynced)
+		src, loop = col, col
+		start = func(ctx context.Context) {
+			disc.Start(ctx)
+			go col.Run(ctx)
+		}
+	}
+	prov := adapter.NewProvider(src, resolver, reg)
 	cmd.WithCustomMetrics(prov)
 	if cmd.enableExternal {
 		cmd.WithExternalMetrics(prov)
@@ -110,13 +149,12 @@ func run(cmd *adapterCmd) error {
 	if err != nil {
 		return err
 	}
-	if err := adapter.AddChecks(srv.GenericAPIServer, col); err != nil {
+	if err := adapter.AddChecks(srv.GenericAPIServer, loop); err != nil {
 		return err
 	}
 	ctx := genericapiserver.SetupSignalContext()
-	disc.Start(ctx)
-	go col.Run(ctx)
-	klog.InfoS("Serving", "metrics", col.Metrics(), "externalMetrics", cmd.enableExternal)
+	start(ctx)
+	klog.InfoS("Serving", "metrics", src.Metrics(), "externalMetrics", cmd.enableExternal, "prometheus", cmd.prometheusURL)
 	if err := srv.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
