@@ -31,7 +31,7 @@ type rawTree struct {
 // without bound; real models are far below them.
 const (
 	maxFeatures = 1 << 24
-	maxGroups   = 1 << 16
+	maxGroups   = marginBuf // PredictBatch keeps one row's margins on its stack
 	maxNodes    = 1 << 28
 )
 
@@ -46,7 +46,7 @@ func (r *rawModel) compile() (*Model, error) {
 		return nil, fmt.Errorf("multi-target models (num_target %d) are not supported", r.numTarget)
 	}
 	if r.numClass < 0 || r.numClass > maxGroups {
-		return nil, fmt.Errorf("num_class %d out of range", r.numClass)
+		return nil, fmt.Errorf("num_class %d out of range [0,%d]", r.numClass, maxGroups)
 	}
 	groups := max(r.numClass, 1)
 	obj, err := lookupObjective(r.objective, groups)

@@ -17,6 +17,7 @@ const blockRows = 256
 const (
 	marginBuf = 4096
 	expandBuf = 8192
+	wideBuf   = 1 << 20
 )
 
 // PredictBatch evaluates rows laid out row-major in x (len(x) must be
@@ -33,15 +34,17 @@ func (m *Model) PredictBatch(x []float32, rows int, out []float32) error {
 	if len(out) < rows*no {
 		return fmt.Errorf("output has room for %d values, need %d", len(out), rows*no)
 	}
-	if ng > marginBuf {
-		return fmt.Errorf("model has %d output groups, more than %d supported", ng, marginBuf)
-	}
-	var mbuf [marginBuf]float32
+	var mbuf [marginBuf]float32 // compile refuses more groups than this
 	var ebuf [expandBuf]float32
 	block := min(blockRows, marginBuf/ng, expandBuf/(2*nf))
 	expanded := ebuf[:]
 	if block < lanes {
+		// Too wide for the stack: a heap buffer for one lane group, or
+		// for one row when even that would pass a few MiB.
 		block = min(lanes, marginBuf/ng)
+		if 2*nf*block > wideBuf {
+			block = 1
+		}
 		expanded = make([]float32, 2*nf*block)
 	}
 	for start := 0; start < rows; start += block {
