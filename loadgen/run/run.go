@@ -7,7 +7,6 @@ package run
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"math"
 	"net"
@@ -43,11 +42,12 @@ type ClientOptions struct {
 }
 
 // Client is an HTTP/1.1 client for loopback or in-cluster targets (no proxy
-// from the environment, no compression, the pool sized explicitly) that can
-// abort every request in flight by closing its connections: cheaper than a
-// cancellable context per request, which would cost the generator speed.
+// from the environment, no compression, the keep-alive pool sized to the
+// clients) that can abort every request in flight by closing its
+// connections: cheaper than a cancellable context per request.
 type Client struct {
 	http  *http.Client
+	tr    *syncTransport
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
 }
@@ -59,31 +59,22 @@ func NewClient(o ClientOptions) *Client {
 	}
 	c := &Client{conns: map[*trackedConn]struct{}{}}
 	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			conn, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			tc := &trackedConn{Conn: conn, c: c}
-			c.mu.Lock()
-			c.conns[tc] = struct{}{}
-			c.mu.Unlock()
-			return tc, nil
-		},
-		MaxIdleConnsPerHost: max(1, o.Conns),
-		IdleConnTimeout:     90 * time.Second,
-		DisableKeepAlives:   o.NewConnPerRequest,
-		DisableCompression:  true,
-		// Answers are small or read to the end at once; the timeout that
-		// matters is the wait for the server. (http.Client.Timeout would
-		// add a context and a timer to every request.)
-		ResponseHeaderTimeout: o.Timeout,
-		// HTTP/1.1 only: with HTTP/2 all clients would share one
-		// connection and the connection count would no longer be ours.
-		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: conn, c: c}
+		c.mu.Lock()
+		c.conns[tc] = struct{}{}
+		c.mu.Unlock()
+		return tc, nil
 	}
-	c.http = &http.Client{Transport: tr}
+	// HTTP/1.1 on the caller's goroutine (see syncTransport); no
+	// http.Client.Timeout, which would add a context and a timer to every
+	// request: the wait for the answer is bounded by a read deadline.
+	c.tr = newSyncTransport(dial, max(1, o.Conns), !o.NewConnPerRequest, o.Timeout)
+	c.http = &http.Client{Transport: c.tr}
 	return c
 }
 
@@ -101,7 +92,7 @@ func (c *Client) Abort() {
 }
 
 // CloseIdleConnections closes kept-alive connections not in use.
-func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+func (c *Client) CloseIdleConnections() { c.tr.closeIdle() }
 
 type trackedConn struct {
 	net.Conn
