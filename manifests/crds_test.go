@@ -30,7 +30,7 @@ import (
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/mlscale/mlscale/collector"
-	"github.com/mlscale/mlscale/scaler"
+	"github.com/mlscale/mlscale/scaler/trigger"
 )
 
 // crdVersion validates objects of one served CRD version as the API server
@@ -166,7 +166,7 @@ func TestCustomResourcesMatchCRDs(t *testing.T) {
 						md[k] = fmt.Sprint(v)
 					}
 					ref := &pb.ScaledObjectRef{Name: o.GetName(), Namespace: o.GetNamespace(), ScalerMetadata: md}
-					if _, err := scaler.ParseTrigger(ref, served); err != nil {
+					if _, err := trigger.Parse(ref, served); err != nil {
 						t.Errorf("ScaledObject %s trigger %d: the scaler would reject its metadata: %v", o.GetName(), i, err)
 					}
 				}

@@ -34,7 +34,7 @@ var servedMetrics = []string{"requests_per_second", "predicted_rows_per_second",
 
 func TestEveryOverlayRenders(t *testing.T) {
 	all := renderAll(t)
-	want := []string{"eks", "istio", "keda", "local", "prometheus", "seldon", "seldon-cpu"}
+	want := []string{"eks", "istio", "keda", "keda-seldon", "local", "prometheus", "seldon", "seldon-cpu"}
 	var got []string
 	for n := range all {
 		got = append(got, n)
@@ -307,7 +307,7 @@ func TestAdapterRegistration(t *testing.T) {
 			}
 			slices.Sort(groups)
 			want := []string{"v1beta1.custom.metrics.k8s.io", "v1beta1.external.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"}
-			if name == "keda" {
+			if strings.HasPrefix(name, "keda") {
 				// KEDA's metrics server owns external.metrics.k8s.io.
 				want = []string{"v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"}
 			}
@@ -431,13 +431,14 @@ func TestScalingRules(t *testing.T) {
 		metrics       []string
 	}
 	want := map[string][]string{
-		"local":      {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
-		"istio":      {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
-		"prometheus": {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
-		"eks":        {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
-		"seldon":     {"SeldonDeployment model/iris-model-autoscale -> predictor autoscale [1,20] requests_per_second"},
-		"seldon-cpu": {"SeldonDeployment model/iris-model-autoscale -> predictor autoscale [1,20] cpu:40%"},
-		"keda":       {"ScaledObject model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] external:requests_per_second external-push:requests_per_second"},
+		"local":       {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
+		"istio":       {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
+		"prometheus":  {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
+		"eks":         {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
+		"seldon":      {"SeldonDeployment model/iris-model-autoscale -> predictor autoscale [1,20] requests_per_second"},
+		"seldon-cpu":  {"SeldonDeployment model/iris-model-autoscale -> predictor autoscale [1,20] cpu:40%"},
+		"keda":        {"ScaledObject model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] external:requests_per_second external-push:requests_per_second"},
+		"keda-seldon": {"ScaledObject model/iris-model-autoscale -> SeldonDeployment iris-model-autoscale [0,20] external-push:requests_per_second"},
 	}
 	for name, objs := range renderAll(t) {
 		t.Run(name, func(t *testing.T) {
@@ -480,8 +481,12 @@ func TestScalingRules(t *testing.T) {
 					tm := tr.(map[string]any)
 					md := tm["metadata"].(map[string]any)
 					ms = append(ms, fmt.Sprintf("%s:%s", tm["type"], md["metricName"]))
-					if md["deploymentName"] != target {
-						t.Errorf("ScaledObject %s trigger %s asks about %v, but scales %s", o.GetName(), tm["name"], md["deploymentName"], target)
+					workload := md["deploymentName"]
+					if kind == "SeldonDeployment" {
+						workload = md["seldonDeploymentName"]
+					}
+					if workload != target {
+						t.Errorf("ScaledObject %s trigger %s asks about %v, but scales %s", o.GetName(), tm["name"], workload, target)
 					}
 					if !strings.HasPrefix(fmt.Sprint(md["scalerAddress"]), "mlscale-scaler.mlscale.svc") {
 						t.Errorf("ScaledObject %s trigger %s: scalerAddress %v is not the scaler's Service", o.GetName(), tm["name"], md["scalerAddress"])
