@@ -56,7 +56,7 @@ func detect(data []byte) (format, error) {
 	trimmed := bytes.TrimLeft(data, " \t\r\n")
 	switch {
 	case len(data) == 0:
-		return formatUnknown, fmt.Errorf("file is empty")
+		return formatUnknown, errors.New("file is empty")
 	case len(trimmed) > 0 && trimmed[0] == '{' && (len(trimmed) == 1 || isJSONAfterBrace(trimmed[1])):
 		return formatJSON, nil
 	case data[0] == '{':
@@ -83,7 +83,8 @@ func isJSONAfterBrace(b byte) bool {
 	return false
 }
 
-// handleFormats are what a pickled Booster's handle may hold.
+// detectHandle is detect for a pickled Booster's handle, which holds a
+// model, never another pickle (so decoding cannot recurse).
 func detectHandle(data []byte) (format, error) {
 	f, err := detect(data)
 	if err != nil {
