@@ -123,6 +123,8 @@ func run(m *testing.M) int {
 	kc, err := filepath.Glob(filepath.Join(cacheDir(), "kubernetes-*", "bin", "kubectl"))
 	if err == nil && len(kc) > 0 {
 		env.kubectl = kc[0]
+	} else if p, err := exec.LookPath("kubectl"); err == nil {
+		env.kubectl = p
 	}
 	code := m.Run()
 	if code != 0 {

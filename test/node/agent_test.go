@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -73,6 +75,7 @@ func init() {
 }
 
 type agentEnv struct {
+	port    int
 	client  *fake.Clientset
 	journal string
 	cancel  context.CancelFunc
@@ -86,8 +89,9 @@ func startAgent(t *testing.T) *agentEnv {
 		t.Fatal(err)
 	}
 	cs := fake.NewClientset()
+	port := freePort(t)
 	a, err := New(Config{
-		NodeName: "node-a", NodeIP: "127.0.0.1", KubeletPort: freePort(t),
+		NodeName: "node-a", NodeIP: "127.0.0.1", KubeletPort: port,
 		PodIPs: []string{"127.0.0.51", "127.0.0.52", "127.0.0.53"},
 		Client: cs, Images: ImageMap{{Prefix: "test/", Binary: self}},
 		WorkDir: t.TempDir(), StateDir: t.TempDir(),
@@ -98,7 +102,7 @@ func startAgent(t *testing.T) *agentEnv {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &agentEnv{client: cs, journal: filepath.Join(t.TempDir(), "journal"), cancel: cancel, done: make(chan error, 1)}
+	e := &agentEnv{port: port, client: cs, journal: filepath.Join(t.TempDir(), "journal"), cancel: cancel, done: make(chan error, 1)}
 	go func() { e.done <- a.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
@@ -267,4 +271,55 @@ func TestAgentRegistersNode(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatal("no Ready node with a lease")
+}
+
+// /metrics/resource has what metrics-server reads: node, pod and container
+// CPU and memory with sample timestamps, the container's from its process.
+func TestResourceMetrics(t *testing.T) {
+	e := startAgent(t)
+	if _, err := e.client.CoreV1().Pods("ns").Create(context.Background(), e.pod("web"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitPod(t, "web", "Ready", podReady)
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics/resource", e.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]map[string]string{
+		"node_cpu_usage_seconds_total":       {},
+		"node_memory_working_set_bytes":      {},
+		"container_cpu_usage_seconds_total":  {"container": "c", "namespace": "ns", "pod": "web"},
+		"container_memory_working_set_bytes": {"container": "c", "namespace": "ns", "pod": "web"},
+		"container_start_time_seconds":       {"container": "c", "namespace": "ns", "pod": "web"},
+		"pod_cpu_usage_seconds_total":        {"namespace": "ns", "pod": "web"},
+		"pod_memory_working_set_bytes":       {"namespace": "ns", "pod": "web"},
+	}
+	for name, labels := range want {
+		mf, ok := mfs[name]
+		if !ok || len(mf.GetMetric()) != 1 {
+			t.Errorf("%s: %v", name, mf)
+			continue
+		}
+		m := mf.GetMetric()[0]
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		if diff := cmp.Diff(labels, got); diff != "" {
+			t.Errorf("%s labels (-want +got):\n%s", name, diff)
+		}
+		if m.GetTimestampMs() == 0 {
+			t.Errorf("%s has no timestamp", name)
+		}
+		v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		if v <= 0 {
+			t.Errorf("%s = %v", name, v)
+		}
+	}
 }
