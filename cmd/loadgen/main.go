@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -92,6 +93,7 @@ func runMain(args []string) error {
 		sampleEvery  = fs.Duration("sample-every", time.Second, "replica sampling interval")
 		chartSize    = fs.String("chart-size", "1400x700", "chart size in pixels, WIDTHxHEIGHT; \"none\" skips the chart")
 		progressMode = fs.String("progress", "auto", "auto (a bar on a terminal, log lines otherwise), bar, lines or none")
+		cpuProfile   = fs.String("cpuprofile", "", "write the load client's own CPU profile here (is the generator the bottleneck?)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -165,6 +167,18 @@ func runMain(args []string) error {
 	case "none":
 	default:
 		return fmt.Errorf("--progress %q: want auto, bar, lines or none", *progressMode)
+	}
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("creating CPU profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("starting CPU profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
