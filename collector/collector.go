@@ -32,6 +32,11 @@ type Options struct {
 	WarmUp time.Duration `json:"warmUp,omitempty"`
 	// MaxBodyBytes bounds one exposition.
 	MaxBodyBytes int64 `json:"maxBodyBytes,omitempty"`
+	// Concurrency bounds the scrapes in flight. Each scrape's timeout starts
+	// when it starts, so a thousand targets do not all wait for the CPU at
+	// once and time out together; the cycle as a whole is still bounded by
+	// Interval.
+	Concurrency int `json:"concurrency,omitempty"`
 	// Protocol is what the scrape asks for first: "protobuf" (the default,
 	// cheapest to parse) or "text". Either way the pod's answer is parsed
 	// by its Content-Type.
@@ -49,6 +54,7 @@ func NewOptions() Options {
 		StaleAfter:    5 * time.Second,
 		WarmUp:        3 * time.Second,
 		MaxBodyBytes:  10 << 20,
+		Concurrency:   64,
 		Protocol:      "protobuf",
 	}
 }
@@ -73,6 +79,9 @@ func (o Options) Validate() []error {
 	}
 	if o.MaxBodyBytes <= 0 {
 		errs = append(errs, fmt.Errorf("maxBodyBytes must be positive, got %d", o.MaxBodyBytes))
+	}
+	if o.Concurrency <= 0 {
+		errs = append(errs, fmt.Errorf("concurrency must be positive, got %d", o.Concurrency))
 	}
 	if o.Protocol != "protobuf" && o.Protocol != "text" {
 		errs = append(errs, fmt.Errorf("protocol must be protobuf or text, got %q", o.Protocol))
@@ -310,10 +319,20 @@ func (c *Collector) ScrapeOnce(ctx context.Context) CycleStats {
 	defer cancel()
 	var wg sync.WaitGroup
 	var failed atomic.Int64
+	sem := make(chan struct{}, c.opts.Concurrency)
 	for _, t := range targets {
+		select {
+		case sem <- struct{}{}:
+		case <-cctx.Done():
+			// The cycle ran out of time before reaching this target: a
+			// failure for this cycle, never a zero.
+			c.metrics.scrapeErrors.WithLabelValues(t.Namespace, t.Name).Inc()
+			failed.Add(1)
+			continue
+		}
 		wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer func() { <-sem; wg.Done() }()
 			if !c.scrapeTarget(cctx, t) {
 				failed.Add(1)
 			}

@@ -33,6 +33,7 @@ type ScrapeConfig struct {
 	WarmUp        *metav1.Duration `json:"warmUp,omitempty"`
 	MaxBodyBytes  int64            `json:"maxBodyBytes,omitempty"`
 	Protocol      string           `json:"protocol,omitempty"`
+	Concurrency   int              `json:"concurrency,omitempty"`
 }
 
 // Options returns the scrape options: the defaults overlaid with what is set.
@@ -62,6 +63,9 @@ func (s ScrapeConfig) Options() Options {
 	}
 	if s.Protocol != "" {
 		o.Protocol = s.Protocol
+	}
+	if s.Concurrency != 0 {
+		o.Concurrency = s.Concurrency
 	}
 	return o
 }
