@@ -10,13 +10,14 @@ import (
 // learner parameters, not yet checked. compile checks and flattens it.
 type rawModel struct {
 	objective   string
-	booster     string // "gbtree"; anything else is refused
+	booster     string // "gbtree" or "dart"; anything else is refused
 	baseScore   float32
 	numFeatures int
 	numClass    int
 	numTarget   int
 	trees       []rawTree
 	treeInfo    []int32
+	weightDrop  []float32 // dart: each tree's weight; nil for gbtree
 }
 
 type rawTree struct {
@@ -36,8 +37,17 @@ const (
 )
 
 func (r *rawModel) compile() (*Model, error) {
-	if r.booster != "gbtree" {
-		return nil, fmt.Errorf("booster %q is not supported (only gbtree)", r.booster)
+	switch r.booster {
+	case "gbtree":
+		if r.weightDrop != nil {
+			return nil, errors.New("gbtree model has dart tree weights")
+		}
+	case "dart":
+		if len(r.weightDrop) != len(r.trees) {
+			return nil, fmt.Errorf("dart model has %d tree weights for %d trees", len(r.weightDrop), len(r.trees))
+		}
+	default:
+		return nil, fmt.Errorf("booster %q is not supported (only gbtree and dart)", r.booster)
 	}
 	if r.numFeatures <= 0 || r.numFeatures > maxFeatures {
 		return nil, fmt.Errorf("num_feature %d out of range", r.numFeatures)
@@ -87,6 +97,17 @@ func (r *rawModel) compile() (*Model, error) {
 		m.trees[i] = tree{root: int32(len(m.nodes)), group: g}
 		if m.trees[i].depth, err = r.trees[i].flatten(m, r.numFeatures); err != nil {
 			return nil, fmt.Errorf("tree %d: %w", i, err)
+		}
+		if r.weightDrop != nil {
+			// Dart adds leaf*weight, the product rounded to float32, in
+			// tree order: the same float32 product made once here.
+			w := r.weightDrop[i]
+			if math.IsNaN(float64(w)) || math.IsInf(float64(w), 0) {
+				return nil, fmt.Errorf("tree %d: dart weight %v is not finite", i, w)
+			}
+			for j := m.trees[i].root; j < int32(len(m.leaf)); j++ {
+				m.leaf[j] = float32(m.leaf[j] * w)
+			}
 		}
 	}
 	return m, nil

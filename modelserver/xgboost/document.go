@@ -83,7 +83,17 @@ func fromDocument(doc any) (*rawModel, error) {
 	if r.booster, err = field[string](gb, "name", str); err != nil {
 		return nil, err
 	}
-	if r.booster != "gbtree" {
+	switch r.booster {
+	case "gbtree":
+	case "dart":
+		// Dart wraps a gbtree and weighs each tree.
+		if r.weightDrop, err = field[[]float32](gb, "weight_drop", float32s); err != nil {
+			return nil, err
+		}
+		if gb, err = field[map[string]any](gb, "gbtree", object); err != nil {
+			return nil, err
+		}
+	default:
 		return r, nil // compile names the unsupported booster
 	}
 	model, err := field[map[string]any](gb, "model", object)

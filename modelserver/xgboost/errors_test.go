@@ -67,9 +67,12 @@ func TestDecodeErrors(t *testing.T) {
 		{"unsupported objective", mutateJSON(t, func(l map[string]any) {
 			l["objective"].(map[string]any)["name"] = "survival:cox"
 		}), `objective "survival:cox" is not supported`},
-		{"dart booster", mutateJSON(t, func(l map[string]any) {
+		{"gblinear booster", mutateJSON(t, func(l map[string]any) {
+			l["gradient_booster"].(map[string]any)["name"] = "gblinear"
+		}), `booster "gblinear" is not supported`},
+		{"dart without weights", mutateJSON(t, func(l map[string]any) {
 			l["gradient_booster"].(map[string]any)["name"] = "dart"
-		}), `booster "dart" is not supported`},
+		}), `missing "weight_drop"`},
 		{"softprob without classes", mutateJSON(t, func(l map[string]any) {
 			l["learner_model_param"].(map[string]any)["num_class"] = "0"
 		}), "does not fit 1 output groups"},

@@ -121,6 +121,8 @@ func TestGoldenPredictions(t *testing.T) {
 		{"cancer_logistic_base.json", "cancer_logistic_base"},
 		{"diabetes_squarederror.json", "diabetes_squarederror"},
 		{"cancer_logitraw.json", "cancer_logitraw"},
+		{"cancer_dart.json", "cancer_dart"},
+		{"cancer_dart.deprecated", "cancer_dart"},
 		{"diabetes_logistic.json", "diabetes_logistic"},
 		{"obj_count_poisson.json", "obj_count_poisson"},
 		{"obj_reg_gamma.json", "obj_reg_gamma"},

@@ -80,8 +80,8 @@ func decodeLegacy(data []byte) (*rawModel, error) {
 	if m.booster, err = r.str(); err != nil {
 		return nil, fmt.Errorf("booster name: %w", err)
 	}
-	if m.booster != "gbtree" {
-		return m, nil
+	if m.booster != "gbtree" && m.booster != "dart" {
+		return m, nil // compile names the unsupported booster
 	}
 	g, err := r.next(gbtreeParamSize)
 	if err != nil {
@@ -107,6 +107,22 @@ func decodeLegacy(data []byte) (*rawModel, error) {
 	m.treeInfo = make([]int32, numTrees)
 	for i := range m.treeInfo {
 		m.treeInfo[i] = i32(info, 4*i)
+	}
+	if m.booster == "dart" && numTrees > 0 {
+		// Dart::Load: the tree weights, a std::vector<float>.
+		b, err := r.next(8)
+		if err != nil {
+			return nil, fmt.Errorf("dart weights: %w", err)
+		}
+		n := binary.LittleEndian.Uint64(b)
+		if n > uint64(len(data)-r.pos)/4 {
+			return nil, fmt.Errorf("dart weight count %d does not fit the file", n)
+		}
+		w, _ := r.next(4 * int(n))
+		m.weightDrop = make([]float32, n)
+		for i := range m.weightDrop {
+			m.weightDrop[i] = math.Float32frombits(u32(w, 4*i))
+		}
 	}
 	// Attributes and evaluation metric names follow; prediction needs
 	// neither.

@@ -15,8 +15,9 @@
 // multi:softmax, binary:logistic, reg:logistic, binary:logitraw,
 // binary:hinge, reg:squarederror (reg:linear), reg:squaredlogerror,
 // reg:pseudohubererror, reg:absoluteerror, count:poisson, reg:gamma,
-// reg:tweedie, rank:pairwise/ndcg/map. Not supported, with an error that
-// says so: the dart and gblinear boosters, categorical splits, vector leaves
+// reg:tweedie, rank:pairwise/ndcg/map. Boosters: gbtree and dart (whose
+// tree weights are folded into the leaves at load). Not supported, with an
+// error that says so: gblinear, categorical splits, vector leaves
 // (multi-target trees) and survival objectives.
 //
 // testdata/train.py trains the models and records XGBoost's own predictions;

@@ -60,7 +60,9 @@ def split_values(bst):
     """Every split threshold in the model, so rows can sit exactly on them."""
     model = json.loads(bst.save_raw("json"))
     out = {}
-    for tree in model["learner"]["gradient_booster"]["model"]["trees"]:
+    gb = model["learner"]["gradient_booster"]
+    gb = gb.get("gbtree", gb)  # dart wraps the gbtree
+    for tree in gb["model"]["trees"]:
         for i, left in enumerate(tree["left_children"]):
             if left != -1:
                 out.setdefault(tree["split_indices"][i], set()).add(np.float32(tree["split_conditions"][i]))
@@ -236,6 +238,19 @@ def train_extra(out, rng):
         ("missing", with_missing(xc[200:300], rng)),
         ("thresholds", threshold_rows(bst, xc, rng, 100)),
     ], "binary:logitraw")
+
+    # dart: each tree's leaves weighed by weight_drop at prediction time.
+    bst = xgb.train({"objective": "binary:logistic", "booster": "dart", "rate_drop": 0.2,
+                     "max_depth": 3, "seed": SEED},
+                    xgb.DMatrix(xc_train, label=cancer.target, missing=np.nan), num_boost_round=15)
+    bst.save_model(os.path.join(out, "cancer_dart.json"))
+    with open(os.path.join(out, "cancer_dart.deprecated"), "wb") as f:
+        f.write(bst.save_raw("deprecated"))
+    n += write_golden(os.path.join(out, "cancer_dart.golden.json"), "cancer_dart", bst, [
+        ("cancer", xc[:200]),
+        ("missing", with_missing(xc[200:300], rng)),
+        ("thresholds", threshold_rows(bst, xc, rng, 100)),
+    ], "binary:logistic")
 
     # reg:squarederror on the diabetes targets (25..346) with base_score set
     # to their mean, trained with missing values.
