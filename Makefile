@@ -61,7 +61,7 @@ demo-cluster: build cluster-build certs ## The seed's experiment on the local cl
 
 E2E_TIMEOUT ?= 60m
 .PHONY: e2e
-e2e: build cluster-build ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root).
+e2e: build cluster-build certs ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root).
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/...
 
 .PHONY: bench
@@ -72,8 +72,8 @@ bench: deps-python bench-inference bench-server bench-loadgen bench-scaler ## Ru
 .PHONY: bench-scaler
 bench-scaler: ## KEDA scaler: GetMetrics from 100 ScaledObjects at once (p99 vs collector read and in-process handler), StreamIsActive push latency.
 	@mkdir -p results/bench
-	$(GO) test -run='^$$' -bench='^BenchmarkGetMetrics$$' -benchtime=300x ./scaler | tee results/bench/scaler.txt
-	$(GO) test -run='^$$' -bench='^BenchmarkStreamIsActivePush$$' -benchtime=40x ./scaler | tee -a results/bench/scaler.txt
+	set -o pipefail; $(GO) test -run='^$$' -bench='^BenchmarkGetMetrics$$' -benchtime=300x ./scaler | tee results/bench/scaler.txt
+	set -o pipefail; $(GO) test -run='^$$' -bench='^BenchmarkStreamIsActivePush$$' -benchtime=40x ./scaler | tee -a results/bench/scaler.txt
 
 .PHONY: bench-loadgen
 bench-loadgen: ## loadgen vs hey vs wrk: req/s on the same 1-row endpoint, same connections, one run (apt-installs hey/wrk if missing).

@@ -1,0 +1,181 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/mlscale/mlscale/manifests"
+)
+
+// openLoop sends one-row predictions through the gateway at rate per second
+// (open loop: a slow answer does not slow the sender) until ctx ends.
+type openLoop struct {
+	rate         atomic.Int64
+	sent, failed atomic.Int64
+	firstErr     atomic.Value
+	wg           sync.WaitGroup
+}
+
+func (l *openLoop) run(ctx context.Context, path string) {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		next := time.Now()
+		for ctx.Err() == nil {
+			r := l.rate.Load()
+			next = next.Add(time.Second / time.Duration(r))
+			if d := time.Until(next); d > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(d):
+				}
+			}
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				_, err := predict(ctx, path, []float64{5.1, 3.5, 1.4, 0.2})
+				if ctx.Err() != nil {
+					return
+				}
+				l.sent.Add(1)
+				if err != nil {
+					l.failed.Add(1)
+					l.firstErr.CompareAndSwap(nil, err.Error())
+				}
+			}()
+		}
+	}()
+}
+
+// TestRequestsPerSecondHPA covers the issue's cases 1, 2 and 4 on the
+// `local` overlay: the adapter registered through APIServices answers
+// custom.metrics.k8s.io through kube-apiserver in agreement with the load;
+// the real HPA controller scales the model server to ceil(rate / 4) on a
+// load step and back down when the load drops; no request fails meanwhile.
+func TestRequestsPerSecondHPA(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	objs, err := manifests.Build(filesys.MakeFsOnDisk(), env.repo+"/manifests/overlays/local")
+	if err != nil {
+		t.Fatalf("rendering the local overlay (did `make certs` run?): %v", err)
+	}
+	yaml, err := manifests.YAML(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, ctx, yaml, "apply", "-f", "-")
+	t.Cleanup(func() {
+		for _, ns := range []string{"model", "mlscale"} {
+			_ = env.client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+		}
+	})
+	// The test's HPA behaviour: scale-down after 15 s instead of a minute.
+	patch := []byte(`{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":15,"policies":[{"type":"Percent","value":100,"periodSeconds":15}]}}}}`)
+	if _, err := env.client.AutoscalingV2().HorizontalPodAutoscalers("model").Patch(ctx, "iris-model-autoscale", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=adapter", 1, 2*time.Minute)
+	waitReady(t, ctx, "model", "app.kubernetes.io/instance=iris-model-autoscale", 1, 2*time.Minute)
+	waitEndpoints(t, ctx, "model", "iris-model-autoscale", 1)
+
+	const path = "/seldon/model/iris-model-autoscale/api/v1.0/predictions"
+	load := &openLoop{}
+	load.rate.Store(20)
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	load.run(loadCtx, path)
+
+	// Case 1: the custom metrics API through the aggregator agrees with the
+	// load within 10%, summed over the pods.
+	const raw = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/model/pods/*/requests_per_second"
+	var sum float64
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		sum = -1
+		data, err := env.client.CoreV1().RESTClient().Get().AbsPath(raw).DoRaw(ctx)
+		if err == nil {
+			var list struct {
+				Items []struct {
+					Value string `json:"value"`
+				} `json:"items"`
+			}
+			if json.Unmarshal(data, &list) == nil {
+				sum = 0
+				for _, it := range list.Items {
+					q, err := parseQuantity(it.Value)
+					if err == nil {
+						sum += q
+					}
+				}
+			}
+		}
+		if math.Abs(sum-20)/20 <= 0.10 {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	if math.Abs(sum-20)/20 > 0.10 {
+		t.Fatalf("custom.metrics.k8s.io says %.2f requests/s in total, the load is 20", sum)
+	}
+	t.Logf("custom.metrics.k8s.io: %.2f requests/s for a 20/s load", sum)
+
+	// Case 2: the HPA formula, ceil(20 / 4) = 5 replicas, within one.
+	want := int32(5)
+	got := waitDesired(t, ctx, func(r int32) bool { return r >= want-1 && r <= want+1 }, 3*time.Minute)
+	waitReady(t, ctx, "model", "app.kubernetes.io/instance=iris-model-autoscale", int(got), 2*time.Minute)
+	t.Logf("scaled out to %d replicas (formula: %d)", got, want)
+
+	// ...and back down when the load drops to 2/s: ceil(2/4) = 1.
+	load.rate.Store(2)
+	got = waitDesired(t, ctx, func(r int32) bool { return r <= 2 }, 3*time.Minute)
+	waitReady(t, ctx, "model", "app.kubernetes.io/instance=iris-model-autoscale", int(got), 2*time.Minute)
+	time.Sleep(5 * time.Second)
+	stopLoad()
+	load.wg.Wait()
+
+	// Case 4: nothing failed across the scale-out and the scale-in.
+	t.Logf("%d requests, %d failed", load.sent.Load(), load.failed.Load())
+	if load.failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed across scaling; first: %v", load.failed.Load(), load.sent.Load(), load.firstErr.Load())
+	}
+}
+
+func waitDesired(t *testing.T, ctx context.Context, ok func(int32) bool, timeout time.Duration) int32 {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last int32
+	for time.Now().Before(deadline) {
+		h, err := env.client.AutoscalingV2().HorizontalPodAutoscalers("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+		if err == nil {
+			last = h.Status.DesiredReplicas
+			if ok(last) {
+				return last
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	h, _ := env.client.AutoscalingV2().HorizontalPodAutoscalers("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+	t.Fatalf("HPA desired replicas %d did not reach the expected count; status %+v", last, h.Status)
+	return 0
+}
+
+func parseQuantity(s string) (float64, error) {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return 0, err
+	}
+	return q.AsApproximateFloat64(), nil
+}
