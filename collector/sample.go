@@ -90,6 +90,12 @@ func (e *extractor) decode(r io.Reader, format expfmt.Format, out []obs, prev []
 		}
 	}
 	for i := range out {
+		// Finite series can still add up to infinity; such a value means
+		// nothing, so the source counts as absent in this scrape.
+		if !finite(out[i].value) || !finite(out[i].sum) || slices.ContainsFunc(out[i].counts, func(c float64) bool { return !finite(c) }) {
+			out[i] = obs{}
+			continue
+		}
 		if prev != nil && i < len(prev) && slices.Equal(out[i].bounds, prev[i].bounds) {
 			out[i].bounds = prev[i].bounds
 		}
