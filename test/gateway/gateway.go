@@ -262,6 +262,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, ns, svc, rest 
 				out.Body = http.NoBody
 			}
 		}
+		removeHopByHop(out.Header)
 		out.Header.Set("X-Forwarded-For", clientIP(r))
 		out.Header.Set("X-Envoy-Original-Path", r.URL.Path)
 		inflight.Add(1)
@@ -277,6 +278,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, ns, svc, rest 
 		}
 		defer inflight.Add(-1)
 		defer resp.Body.Close()
+		removeHopByHop(resp.Header)
 		for k, vs := range resp.Header {
 			for _, v := range vs {
 				w.Header().Add(k, v)
@@ -320,4 +322,18 @@ func clientIP(r *http.Request) string {
 type readCloser struct {
 	io.Reader
 	io.Closer
+}
+
+// removeHopByHop drops the headers that describe one connection (RFC 9110
+// 7.6.1), so a client's "Connection: close" does not close the gateway's
+// pooled connection to the pod, and the pod's does not close the client's.
+func removeHopByHop(h http.Header) {
+	for _, f := range h.Values("Connection") {
+		for _, name := range strings.Split(f, ",") {
+			h.Del(strings.TrimSpace(name))
+		}
+	}
+	for _, name := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
+		h.Del(name)
+	}
 }
