@@ -10,7 +10,7 @@ import (
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 )
 
-// FuzzParseTrigger feeds hostile metadata: "key=value" lines. ParseTrigger
+// FuzzParse feeds hostile metadata: "key=value" lines. ParseTrigger
 // must never panic, every error must be InvalidArgument, and an accepted
 // trigger must be one the server can act on.
 func FuzzParse(f *testing.F) {
