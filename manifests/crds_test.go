@@ -227,39 +227,94 @@ func unstructuredSlice(obj map[string]any, fields ...string) ([]any, bool, error
 	return s, ok, nil
 }
 
-// TestCollectorConfigSelectsModelServers: the adapter's config parses with
-// the collector's strict parser, and its discovery selects every model-server
-// pod template of the overlay (and nothing else).
-func TestCollectorConfigSelectsModelServers(t *testing.T) {
+// TestCollectorConfigs: the config each adapter and scaler mounts parses with
+// the collector's strict parser; a scraping process's discovery selects
+// exactly the overlay's model-server pod templates, and a PromQL-source
+// adapter (--prometheus-url) reads only series the overlay's recording rules
+// record.
+func TestCollectorConfigs(t *testing.T) {
 	for name, objs := range renderAll(t) {
 		t.Run(name, func(t *testing.T) {
-			// configMapGenerator appends a content hash, so a changed config
-			// rolls the Deployments that mount it.
-			var cm *unstructured.Unstructured
-			for _, o := range ofKind(objs, "ConfigMap") {
-				if o.GetNamespace() == "mlscale" && strings.HasPrefix(o.GetName(), "mlscale-adapter-config-") {
-					cm = o
+			recorded := map[string]bool{}
+			for _, o := range ofKind(objs, "PrometheusRule") {
+				groups, _, _ := unstructured.NestedSlice(o.Object, "spec", "groups")
+				for _, g := range groups {
+					rs, _, _ := unstructured.NestedSlice(g.(map[string]any), "rules")
+					for _, r := range rs {
+						if rec, ok := r.(map[string]any)["record"].(string); ok {
+							recorded[rec] = true
+						}
+					}
 				}
 			}
-			if cm == nil {
-				t.Fatal("no ConfigMap mlscale/mlscale-adapter-config-<hash>")
-			}
-			data, _, _ := unstructured.NestedString(cm.Object, "data", "adapter.yaml")
-			cfg, err := collector.ParseConfig([]byte(data))
-			if err != nil {
-				t.Fatal(err)
-			}
-			sel, err := labels.Parse(cfg.Discovery.Selector)
-			if err != nil {
-				t.Fatalf("discovery.selector %q: %v", cfg.Discovery.Selector, err)
-			}
+			n := 0
 			for _, pt := range podTemplates(t, objs) {
-				isModel := slices.ContainsFunc(pt.spec.Containers, func(c corev1.Container) bool { return c.Command[0] == "/modelserver" })
-				selected := sel.Matches(labels.Set(pt.label)) && (len(cfg.Discovery.Namespaces) == 0 || slices.Contains(cfg.Discovery.Namespaces, pt.ns))
-				if selected != isModel {
-					t.Errorf("%s: selected by discovery = %v, runs the model server = %v", pt.where, selected, isModel)
+				for _, c := range pt.spec.Containers {
+					if c.Command[0] != "/adapter" && c.Command[0] != "/scaler" {
+						continue
+					}
+					n++
+					where := pt.where + " container " + c.Name
+					path, ok := flagValue(c.Args, "config")
+					if !ok {
+						t.Errorf("%s: no --config", where)
+						continue
+					}
+					cfg, err := collector.ParseConfig([]byte(mountedFile(t, objs, pt, c, path)))
+					if err != nil {
+						t.Errorf("%s: %s: %v", where, path, err)
+						continue
+					}
+					if _, promql := flagValue(c.Args, "prometheus-url"); promql {
+						for _, r := range cfg.Rules {
+							if !recorded[r.Series] {
+								t.Errorf("%s: PromQL rule %s reads %s, which no recording rule of the overlay records", where, r.Name, r.Series)
+							}
+						}
+						continue
+					}
+					sel, err := labels.Parse(cfg.Discovery.Selector)
+					if err != nil || cfg.Discovery.Selector == "" {
+						t.Errorf("%s: discovery.selector %q: %v", where, cfg.Discovery.Selector, err)
+						continue
+					}
+					for _, p := range podTemplates(t, objs) {
+						isModel := slices.ContainsFunc(p.spec.Containers, func(c corev1.Container) bool { return c.Command[0] == "/modelserver" })
+						selected := sel.Matches(labels.Set(p.label)) && (len(cfg.Discovery.Namespaces) == 0 || slices.Contains(cfg.Discovery.Namespaces, p.ns))
+						if selected != isModel {
+							t.Errorf("%s: discovery selects %s = %v, but it runs the model server = %v", where, p.where, selected, isModel)
+						}
+					}
 				}
+			}
+			if n != 2 {
+				t.Errorf("found %d adapter/scaler containers, want 2", n)
 			}
 		})
 	}
+}
+
+// mountedFile returns the content of path as the container sees it through a
+// ConfigMap volume of the overlay.
+func mountedFile(t *testing.T, objs []*unstructured.Unstructured, pt podTemplate, c corev1.Container, path string) string {
+	t.Helper()
+	for _, m := range c.VolumeMounts {
+		rel, ok := strings.CutPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/")
+		if !ok {
+			continue
+		}
+		for _, v := range pt.spec.Volumes {
+			if v.Name != m.Name || v.ConfigMap == nil {
+				continue
+			}
+			cm := find(objs, "ConfigMap", pt.ns, v.ConfigMap.Name)
+			if cm == nil {
+				t.Fatalf("%s: ConfigMap %s is not in the overlay", pt.where, v.ConfigMap.Name)
+			}
+			data, _, _ := unstructured.NestedString(cm.Object, "data", rel)
+			return data
+		}
+	}
+	t.Fatalf("%s: %s is in no ConfigMap volume", pt.where, path)
+	return ""
 }
