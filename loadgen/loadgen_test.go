@@ -225,3 +225,39 @@ tasks:
 		t.Error(err)
 	}
 }
+
+// The same run over the Open Inference Protocol and through the gateway
+// form of the Seldon route, both answered by the real server.
+func TestRunProtocols(t *testing.T) {
+	srv := loadgentest.ModelServer(t, nil)
+	v2, err := request.DirectEndpoint(srv.URL, request.V2, "iris")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := request.Target{URL: srv.URL, Namespace: "model", Deployment: "iris-model-autoscale", Protocol: request.Seldon}.Endpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := scenario.Parse([]byte("tasks: [{name: p, data_size: 7, data_amount: 12, client_num: 2}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, url string
+		proto     request.Protocol
+	}{{"v2", v2, request.V2}, {"seldon gateway", gw, request.Seldon}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			sum, err := Run(context.Background(), Config{Scenario: sc, URL: tc.url, Protocol: tc.proto, Client: run0(), OutDir: dir, ChartWidth: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ts := sum.Tasks[0]; ts.Requests != 12 || ts.Errors != 0 {
+				t.Errorf("%d requests, %d errors (%v), want 12 answered", ts.Requests, ts.Errors, ts.ErrorKinds)
+			}
+			if _, err := os.Stat(filepath.Join(dir, ChartPNG)); !os.IsNotExist(err) {
+				t.Errorf("chart written although disabled: %v", err)
+			}
+		})
+	}
+}

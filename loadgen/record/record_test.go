@@ -106,3 +106,21 @@ func TestReadCSVRejectsOtherFiles(t *testing.T) {
 		}
 	}
 }
+
+func FuzzReadCSV(f *testing.F) {
+	head := strings.Join(csvHeader, ",") + "\n"
+	f.Add(head + "2026-11-25T12:00:00Z,0.000000,a,1,1.000,0.000,200,\n")
+	f.Add(head + "2026-11-25T12:00:00Z,0,\"b,c\",1,2,3,0,\"x \"\"y\"\"\"\n")
+	f.Add("timestamp\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		reqs, names, err := ReadCSV(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		for _, r := range reqs {
+			if r.Task < 0 || r.Task >= len(names) {
+				t.Fatalf("task index %d of %d names", r.Task, len(names))
+			}
+		}
+	})
+}
