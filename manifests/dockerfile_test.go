@@ -115,3 +115,20 @@ func slicesIndex(s []string, v string) int {
 	}
 	return -1
 }
+// TestImageHoldsEveryCommand: every `command: [/<binary>]` in the manifests is
+// a main package under cmd/, so `make build` puts it at the image root.
+func TestImageHoldsEveryCommand(t *testing.T) {
+	seen := map[string]bool{}
+	for _, objs := range renderAll(t) {
+		for _, pt := range podTemplates(t, objs) {
+			for _, c := range pt.spec.Containers {
+				seen[strings.TrimPrefix(c.Command[0], "/")] = true
+			}
+		}
+	}
+	for b := range seen {
+		if _, err := os.Stat(filepath.Join("..", "cmd", b, "main.go")); err != nil {
+			t.Errorf("manifests run /%s, but cmd/%s/main.go: %v", b, b, err)
+		}
+	}
+}
