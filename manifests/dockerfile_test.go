@@ -115,6 +115,7 @@ func slicesIndex(s []string, v string) int {
 	}
 	return -1
 }
+
 // TestImageHoldsEveryCommand: every `command: [/<binary>]` in the manifests is
 // a main package under cmd/, so `make build` puts it at the image root.
 func TestImageHoldsEveryCommand(t *testing.T) {
