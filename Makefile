@@ -65,9 +65,16 @@ e2e: build cluster-build certs ## End-to-end tests on the local cluster (go test
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/...
 
 .PHONY: bench
-bench: deps-python bench-inference bench-server bench-loadgen bench-scaler ## Run the benchmarks and comparisons; report in results/bench/.
+bench: deps-python bench-inference bench-server bench-loadgen bench-scaler bench-collector ## Run the benchmarks and comparisons; report in results/bench/.
 	@mkdir -p results/bench
 	$(GO) test -run='^$$' -bench=. -benchmem ./... | tee results/bench/go-bench.txt
+
+.PHONY: bench-collector
+bench-collector: ## Collector + adapter: scrape cycle over 1,000 loopback targets (protobuf vs text), GetMetricBySelector p99 over 1,000 pods, freshness after a load step vs the Prometheus path (15 s scrape, 1 m rate).
+	@mkdir -p results/bench
+	set -o pipefail; $(GO) test -run='^$$' -bench='^BenchmarkScrapeCycle1000$$' -benchtime=5x -benchmem ./collector 2>&1 | grep -v '^[EIW][0-9]\{4\} ' | tee results/bench/collector.txt
+	set -o pipefail; $(GO) test -run='^$$' -bench='^BenchmarkGetMetricBySelector1000$$' -benchtime=300x ./adapter 2>&1 | grep -v '^[EIW][0-9]\{4\} ' | tee -a results/bench/collector.txt
+	set -o pipefail; MLSCALE_BENCH_PROMETHEUS=1 $(GO) test -run='^$$' -bench='^BenchmarkFreshness$$' -benchtime=1x -timeout=10m ./adapter 2>&1 | grep -v '^[EIW][0-9]\{4\} ' | tee -a results/bench/collector.txt
 
 .PHONY: bench-scaler
 bench-scaler: ## KEDA scaler: GetMetrics from 100 ScaledObjects at once (p99 vs collector read and in-process handler), StreamIsActive push latency.
