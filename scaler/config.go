@@ -16,7 +16,7 @@ type Config struct {
 	// Address is the gRPC listen address (KEDA's scalerAddress points here).
 	Address string
 	// MetricsAddress serves the scaler's own /metrics; "" disables it (when
-	// embedded, the host process serves Registry instead).
+	// embedded, the host process serves its own registry instead).
 	MetricsAddress string
 	// TLSCertFile and TLSKeyFile enable TLS (KEDA: enableTLS or caCert).
 	// ClientCAFile additionally requires client certificates signed by that CA
@@ -30,8 +30,11 @@ type Config struct {
 	// ShutdownTimeout bounds the graceful stop in Serve.
 	ShutdownTimeout time.Duration
 
-	// Registry receives the scaler's metrics; a new one when nil.
-	Registry *prometheus.Registry
+	// Registerer receives the scaler's metrics and Gatherer is what
+	// /metrics serves; both a new registry when nil. Embedded in the adapter,
+	// pass its Registerer (legacyregistry) and leave MetricsAddress empty.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
 	// Logger; slog.Default() when nil.
 	Logger *slog.Logger
 	// Pods, optional: see PodCounter.
@@ -62,8 +65,9 @@ func (c *Config) defaults() {
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
-	if c.Registry == nil {
-		c.Registry = prometheus.NewRegistry()
+	if c.Registerer == nil && c.Gatherer == nil {
+		r := prometheus.NewRegistry()
+		c.Registerer, c.Gatherer = r, r
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -99,6 +103,9 @@ func (c *Config) Validate() []error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("shutdown-timeout: must be positive, got %v", c.ShutdownTimeout))
+	}
+	if c.MetricsAddress != "" && (c.Registerer == nil) != (c.Gatherer == nil) {
+		errs = append(errs, errors.New("metrics-address: serving /metrics needs both Registerer and Gatherer (or neither)"))
 	}
 	return errs
 }

@@ -17,7 +17,7 @@ type metrics struct {
 	evaluations   *prometheus.CounterVec
 }
 
-func newMetrics(reg *prometheus.Registry) *metrics {
+func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 			// Answers come from memory: sub-millisecond buckets matter.

@@ -40,7 +40,7 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 		return fmt.Errorf("listening for gRPC on %s: %w", s.cfg.Address, err)
 	}
 	var mlis net.Listener
-	if s.cfg.MetricsAddress != "" {
+	if s.cfg.MetricsAddress != "" && s.cfg.Gatherer != nil {
 		if mlis, err = net.Listen("tcp", s.cfg.MetricsAddress); err != nil {
 			lis.Close()
 			return fmt.Errorf("listening for metrics on %s: %w", s.cfg.MetricsAddress, err)
@@ -54,6 +54,9 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 // within cfg.ShutdownTimeout, and returns the first failure (nil after ctx).
 func (s *Server) Serve(ctx context.Context, lis, mlis net.Listener) error {
 	opts, err := s.GRPCServerOptions()
+	if err == nil && mlis != nil && s.cfg.Gatherer == nil {
+		err = errors.New("serving /metrics: no Gatherer configured")
+	}
 	if err != nil {
 		lis.Close()
 		if mlis != nil {
@@ -72,8 +75,8 @@ func (s *Server) Serve(ctx context.Context, lis, mlis net.Listener) error {
 	var hs *http.Server
 	if mlis != nil {
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.InstrumentMetricHandler(s.cfg.Registry,
-			promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{Registry: s.cfg.Registry})))
+		mux.Handle("/metrics", promhttp.InstrumentMetricHandler(s.cfg.Registerer,
+			promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{Registry: s.cfg.Registerer})))
 		mux.Handle("/healthz", checkHandler(s.cfg.Healthy))
 		mux.Handle("/readyz", checkHandler(s.ready))
 		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

@@ -74,7 +74,7 @@ var _ pb.ExternalScalerServer = (*Server)(nil)
 
 // New returns a scaler reading from reader, resolving workload names with
 // resolver. cfg.Pods (optional) distinguishes zero pods from unscraped pods.
-// Its metrics are registered on cfg.Registry (a fresh registry when nil).
+// Its metrics are registered on cfg.Registerer (a fresh registry when nil).
 func New(reader Reader, resolver Resolver, cfg Config) *Server {
 	cfg.defaults()
 	s := &Server{
@@ -83,7 +83,7 @@ func New(reader Reader, resolver Resolver, cfg Config) *Server {
 		pods:     cfg.Pods,
 		cfg:      cfg,
 		log:      cfg.Logger,
-		metrics:  newMetrics(cfg.Registry),
+		metrics:  newMetrics(cfg.Registerer),
 		health:   health.NewServer(),
 		done:     make(chan struct{}),
 	}

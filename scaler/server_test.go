@@ -39,8 +39,9 @@ type testServer struct {
 
 func serve(t testing.TB, src *fakeSource, cfg Config) *testServer {
 	t.Helper()
-	if cfg.Registry == nil {
-		cfg.Registry = prometheus.NewRegistry()
+	reg := prometheus.NewRegistry()
+	if cfg.Registerer == nil {
+		cfg.Registerer, cfg.Gatherer = reg, reg
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -60,7 +61,7 @@ func serve(t testing.TB, src *fakeSource, cfg Config) *testServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ctx, lis, mlis) }()
-	ts := &testServer{s: s, addr: lis.Addr().String(), metricsAddr: mlis.Addr().String(), reg: cfg.Registry}
+	ts := &testServer{s: s, addr: lis.Addr().String(), metricsAddr: mlis.Addr().String(), reg: reg}
 	var stopped bool
 	ts.stop = func() {
 		if stopped {
@@ -721,5 +722,42 @@ func TestReadinessFollowsCollector(t *testing.T) {
 	ts.s.Shutdown()
 	if got := get("/readyz"); got != http.StatusServiceUnavailable {
 		t.Errorf("/readyz while stopping: %d, want 503", got)
+	}
+}
+
+// Embedding: a host process (the adapter) passes its own Registerer, builds
+// its own grpc.Server with GRPCServerOptions, and Registers the scaler on it.
+func TestEmbedded(t *testing.T) {
+	host := prometheus.NewRegistry()
+	src := world()
+	s := New(src, src, Config{Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"component": "scaler"}, host), Pods: src,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	opts, err := s.GRPCServerOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(opts...)
+	s.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(lis)
+	defer gs.Stop()
+	c := pb.NewExternalScalerClient(dial(t, lis.Addr().String(), nil))
+	got := ask(t, c, ref(md("deploymentName=iris", "metricName=requests_per_second", "targetValue=5")))
+	if got.ValueCode != codes.OK || got.MetricFloat != 7.5 {
+		t.Fatalf("embedded scaler answered %+v", got)
+	}
+	err = testutil.GatherAndCompare(host, strings.NewReader(`
+# HELP mlscale_scaler_evaluations_total Reads of the collector by metric and outcome (ok, no_pods, no_data, not_found, error).
+# TYPE mlscale_scaler_evaluations_total counter
+mlscale_scaler_evaluations_total{component="scaler",metric="requests_per_second",outcome="ok"} 2
+`), "mlscale_scaler_evaluations_total")
+	if err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(host, "grpc_server_handled_total"); err != nil || n == 0 {
+		t.Errorf("the host registry has %d grpc_server_handled_total series (%v)", n, err)
 	}
 }

@@ -94,7 +94,7 @@ func run(args []string) error {
 		factory.Apps().V1().Deployments().Informer().HasSynced,
 		factory.Core().V1().Services().Informer().HasSynced,
 	}
-	cfg.Registry = reg
+	cfg.Registerer, cfg.Gatherer = reg, reg
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	cfg.Healthy = col.Healthy
 	cfg.Ready = func() error {
