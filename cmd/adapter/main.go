@@ -80,7 +80,19 @@ func explain(args []string) error {
 	if err != nil {
 		return err
 	}
-	return cfg.Explain(os.Stdout)
+	if err := cfg.Explain(os.Stdout); err != nil {
+		return err
+	}
+	_, err = fmt.Fprint(os.Stdout, `
+APIs:
+  custom.metrics.k8s.io/v1beta2, v1beta1:
+    pods                                          by label selector and by name: each pod's value
+    deployments.apps, services,
+    seldondeployments.machinelearning.seldon.io   by name: the aggregate over the workload's ready pods
+  external.metrics.k8s.io/v1beta1 (unless --enable-external-metrics=false):
+    any served name                               the aggregate over the pods the label selector picks
+`)
+	return err
 }
 
 func run(cmd *adapterCmd) error {
