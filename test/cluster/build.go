@@ -93,8 +93,18 @@ func (b *Builder) paths() Binaries {
 
 // Build builds whatever is missing and returns every binary's path.
 func (b *Builder) Build(ctx context.Context) (Binaries, error) {
+	return b.build(ctx, true)
+}
+
+// BuildControlPlane builds only what a cluster without metrics-server needs
+// to start: the control plane and etcd (kubectl is left for later).
+func (b *Builder) BuildControlPlane(ctx context.Context) (Binaries, error) {
+	return b.build(ctx, false)
+}
+
+func (b *Builder) build(ctx context.Context, all bool) (Binaries, error) {
 	bins := b.paths()
-	if err := b.buildKubernetes(ctx); err != nil {
+	if err := b.buildKubernetes(ctx, all); err != nil {
 		return bins, err
 	}
 	etcdMain := "package main\n\nimport (\n\t\"os\"\n\n\t\"go.etcd.io/etcd/server/v3/etcdmain\"\n)\n\n// etcd's own main is in a module that is not importable; etcdmain.Main is what it calls.\nfunc main() { etcdmain.Main(os.Args) }\n"
@@ -105,6 +115,9 @@ func (b *Builder) Build(ctx context.Context) (Binaries, error) {
 		pkgs:    []string{"."}, out: bins.Etcd,
 	}); err != nil {
 		return bins, err
+	}
+	if !all {
+		return bins, nil
 	}
 	if err := b.buildModule(ctx, component{
 		name: "metrics-server", version: MetricsServerVersion,
@@ -128,10 +141,13 @@ type component struct {
 	want        []string
 }
 
-func (b *Builder) buildKubernetes(ctx context.Context) error {
+func (b *Builder) buildKubernetes(ctx context.Context, withKubectl bool) error {
 	bins := b.paths()
 	dir := filepath.Dir(bins.APIServer)
 	want := []string{bins.APIServer, bins.ControllerManager, bins.Scheduler, bins.Kubectl}
+	if !withKubectl {
+		want = want[:3]
+	}
 	if allExist(want) {
 		b.logf("kubernetes %s: cached in %s", KubernetesVersion, dir)
 		return nil
@@ -164,6 +180,9 @@ func (b *Builder) buildKubernetes(ctx context.Context) error {
 		ldflags: ld, outDir: dir, want: want[:3],
 	}); err != nil {
 		return err
+	}
+	if !withKubectl {
+		return nil
 	}
 	return b.buildModule(ctx, component{
 		name: "kubernetes", version: KubernetesVersion,

@@ -62,7 +62,11 @@ const ReadyFile = "ready"
 // a component fails; then it tears everything down.
 func Up(ctx context.Context, o UpOptions) (err error) {
 	b := &Builder{CacheDir: o.CacheDir, Nice: 10, Log: o.Log}
-	bins, err := b.Build(ctx)
+	build := b.Build
+	if o.SkipMetricsServer {
+		build = b.BuildControlPlane
+	}
+	bins, err := build(ctx)
 	if err != nil {
 		return err
 	}
