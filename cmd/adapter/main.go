@@ -8,13 +8,16 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
 	promapi "github.com/prometheus/client_golang/api"
 	"github.com/spf13/pflag"
 	genericapiserver "k8s.io/apiserver/pkg/server"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/component-base/logs"
 	"k8s.io/component-base/metrics/legacyregistry"
@@ -25,6 +28,7 @@ import (
 	"github.com/mlscale/mlscale/adapter"
 	"github.com/mlscale/mlscale/collector"
 	"github.com/mlscale/mlscale/collector/promql"
+	"github.com/mlscale/mlscale/scaler"
 )
 
 // alwaysUp is the loop state of the PromQL source: it has no loop; a failing
@@ -40,6 +44,10 @@ type adapterCmd struct {
 	enableExternal bool
 	prometheusURL  string
 	promWindow     time.Duration
+	// kedaScaler runs the KEDA external scaler in this process, reading the
+	// same collector: one scrape loop for both front doors.
+	kedaScaler bool
+	scalerCfg  scaler.Config
 }
 
 func main() {
@@ -59,6 +67,12 @@ func main() {
 	fs.BoolVar(&cmd.enableExternal, "enable-external-metrics", true, "serve external.metrics.k8s.io too; turn off where another provider (KEDA) owns that API group")
 	fs.StringVar(&cmd.prometheusURL, "prometheus-url", "", "read the metrics from this Prometheus with PromQL instead of scraping pods (the config's rules still apply; discovery and scrape settings do not)")
 	fs.DurationVar(&cmd.promWindow, "prometheus-window", promql.NewOptions().Window, "rate window of the PromQL queries (at least four of that Prometheus' scrape intervals)")
+	fs.BoolVar(&cmd.kedaScaler, "keda-scaler", false, "also serve the KEDA external scaler (gRPC, --scaler-address) from this process's collector instead of running cmd/scaler")
+	cmd.scalerCfg = scaler.NewConfig()
+	cmd.scalerCfg.MetricsAddress = "" // the adapter's /metrics serves the scaler's series
+	gofs := flag.NewFlagSet("scaler", flag.ContinueOnError)
+	cmd.scalerCfg.AddFlags(gofs, "scaler-")
+	fs.AddGoFlagSet(gofs)
 	logs.AddFlags(fs)
 	if err := fs.Parse(os.Args); err != nil {
 		klog.ErrorS(err, "Parsing flags")
@@ -166,9 +180,40 @@ func run(cmd *adapterCmd) error {
 	}
 	ctx := genericapiserver.SetupSignalContext()
 	start(ctx)
+	if cmd.kedaScaler {
+		if err := startScaler(ctx, cmd, src, resolver, inf, loop); err != nil {
+			return err
+		}
+	}
+	// The library builds the factory but leaves starting it to us; start it
+	// after every lister (resolver, scaler) has been asked for.
+	inf.Start(ctx.Done())
 	klog.InfoS("Serving", "metrics", src.Metrics(), "externalMetrics", cmd.enableExternal, "prometheus", cmd.prometheusURL)
 	if err := srv.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
+	return nil
+}
+
+// startScaler serves the KEDA external scaler next to the metrics APIs,
+// sharing the collector and the informer caches. A scaler failure ends the
+// process, so a half-working adapter is never left running.
+func startScaler(ctx context.Context, cmd *adapterCmd, src adapter.Source, resolver collector.SelectorResolver, inf informers.SharedInformerFactory, loop adapter.LoopState) error {
+	cfg := cmd.scalerCfg
+	cfg.Registerer = legacyregistry.Registerer()
+	cfg.Pods = scaler.ListerPodCounter{Pods: inf.Core().V1().Pods().Lister()}
+	cfg.Logger = slog.Default()
+	cfg.Healthy, cfg.Ready = loop.Healthy, loop.Ready
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return fmt.Errorf("--keda-scaler: %w", errors.Join(errs...))
+	}
+	srv := scaler.New(src, resolver, cfg)
+	go func() {
+		if err := srv.ListenAndServe(ctx); err != nil {
+			klog.ErrorS(err, "KEDA scaler failed")
+			klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+		}
+	}()
+	klog.InfoS("Serving the KEDA external scaler", "address", cfg.Address, "tls", cfg.TLSCertFile != "", "mutualTLS", cfg.ClientCAFile != "")
 	return nil
 }
