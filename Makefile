@@ -60,9 +60,10 @@ demo-cluster: build cluster-build certs ## The seed's experiment on the local cl
 	scripts/demo-cluster.sh
 
 E2E_TIMEOUT ?= 60m
+E2E_RUN ?= .
 .PHONY: e2e
-e2e: build cluster-build certs ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root).
-	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/...
+e2e: build cluster-build certs ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root; E2E_RUN selects tests).
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v ./test/e2e/...
 
 .PHONY: bench
 bench: deps-python bench-inference bench-server bench-loadgen bench-scaler bench-collector ## Run the benchmarks and comparisons; report in results/bench/.

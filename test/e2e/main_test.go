@@ -62,9 +62,13 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	cmd := exec.Command(filepath.Join(env.bin, "localcluster"), "up",
-		"--state-dir", env.state, "--gateway", strings.TrimPrefix(gatewayURL, "http://"),
-		"--repo", env.repo, "--bin", env.bin)
+	args := []string{"up", "--state-dir", env.state, "--gateway", strings.TrimPrefix(gatewayURL, "http://"),
+		"--repo", env.repo, "--bin", env.bin}
+	// For a quick run of the tests that do not need it (TestSmoke).
+	if os.Getenv("MLSCALE_E2E_NO_METRICS_SERVER") == "1" {
+		args = append(args, "--no-metrics-server")
+	}
+	cmd := exec.Command(filepath.Join(env.bin, "localcluster"), args...)
 	cmd.Dir = repo
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
