@@ -148,20 +148,11 @@ func run(cmd *adapterCmd) error {
 		}
 		src, loop, start = ps, alwaysUp{}, func(context.Context) {}
 	} else {
-		col, err := collector.New(cfg.Scrape.Options(), cfg.Rules, reg)
+		col, startCol, err := collector.NewScraping(client, cfg, reg)
 		if err != nil {
 			return err
 		}
-		disc, err := collector.NewDiscovery(client, cfg.Discovery, col)
-		if err != nil {
-			return err
-		}
-		col.SetSynced(disc.HasSynced)
-		src, loop = col, col
-		start = func(ctx context.Context) {
-			disc.Start(ctx)
-			go col.Run(ctx)
-		}
+		src, loop, start = col, col, startCol
 	}
 	prov := adapter.NewProvider(src, resolver, reg)
 	cmd.WithCustomMetrics(prov)

@@ -70,15 +70,10 @@ func run(args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	col, err := collector.New(ccfg.Scrape.Options(), ccfg.Rules, reg)
+	col, startCol, err := collector.NewScraping(client, ccfg, reg)
 	if err != nil {
 		return err
 	}
-	disc, err := collector.NewDiscovery(client, ccfg.Discovery, col)
-	if err != nil {
-		return err
-	}
-	col.SetSynced(disc.HasSynced)
 
 	// Workload names resolve, and pods are counted (zero pods is a real
 	// zero), from informer caches: no API call per request.
@@ -108,8 +103,7 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	disc.Start(ctx)
+	startCol(ctx)
 	factory.Start(ctx.Done())
-	go col.Run(ctx)
 	return scaler.New(col, resolver, cfg).ListenAndServe(ctx)
 }
