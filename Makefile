@@ -68,6 +68,10 @@ E2E_RUN ?= .
 e2e: build cluster-build certs ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root; E2E_RUN selects tests).
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v ./test/e2e/...
 
+.PHONY: e2e-manifests
+e2e-manifests: build cluster-build certs ## Server-side dry-run of every overlay on the local cluster's kube-apiserver (root).
+	scripts/e2e-manifests.sh
+
 .PHONY: bench
 bench: deps-python bench-inference bench-server bench-loadgen bench-scaler bench-collector ## Run the benchmarks and comparisons; report in results/bench/.
 	@mkdir -p results/bench
