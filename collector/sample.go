@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // source is one series a pod's exposition is read for; rules that read the
@@ -63,6 +65,20 @@ const maxFamilies = 100000
 // nil, is the pod's previous sample: bucket bounds equal to the previous
 // ones are shared rather than allocated again.
 func (e *extractor) decode(r io.Reader, format expfmt.Format, out []obs, prev []obs) error {
+	if format.FormatType() == expfmt.TypeProtoDelim {
+		// expfmt decodes delimited protobuf without a size limit: a length
+		// prefix claiming 512 GB makes it allocate that much before reading a
+		// byte (found by FuzzDecodeExposition). The body is already capped, so
+		// read it and check every frame fits in what was actually sent.
+		buf, err := io.ReadAll(r)
+		if err != nil {
+			return fmt.Errorf("reading exposition (%s): %w", format, err)
+		}
+		if err := checkDelimited(buf); err != nil {
+			return fmt.Errorf("decoding exposition (%s): %w", format, err)
+		}
+		r = bytes.NewReader(buf)
+	}
 	dec := expfmt.NewDecoder(r, format)
 	for n := 0; ; n++ {
 		if n >= maxFamilies {
@@ -189,4 +205,21 @@ func addBucket(o *obs, ub, c float64) {
 	}
 	o.bounds = slices.Insert(o.bounds, i, ub)
 	o.counts = slices.Insert(o.counts, i, c)
+}
+
+// checkDelimited verifies that buf is a sequence of varint-length-prefixed
+// messages each of which lies wholly inside buf.
+func checkDelimited(buf []byte) error {
+	for off := 0; off < len(buf); {
+		n, w := protowire.ConsumeVarint(buf[off:])
+		if w < 0 {
+			return fmt.Errorf("bad length prefix at byte %d: %w", off, protowire.ParseError(w))
+		}
+		off += w
+		if n > uint64(len(buf)-off) {
+			return fmt.Errorf("message at byte %d claims %d bytes, %d remain", off, n, len(buf)-off)
+		}
+		off += int(n)
+	}
+	return nil
 }
