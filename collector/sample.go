@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -70,14 +71,17 @@ func (e *extractor) decode(r io.Reader, format expfmt.Format, out []obs, prev []
 		// prefix claiming 512 GB makes it allocate that much before reading a
 		// byte (found by FuzzDecodeExposition). The body is already capped, so
 		// read it and check every frame fits in what was actually sent.
-		buf, err := io.ReadAll(r)
-		if err != nil {
+		// The buffer is reused across scrapes: decoding copies what it keeps.
+		buf := bodyBuffers.Get().(*bytes.Buffer)
+		defer bodyBuffers.Put(buf)
+		buf.Reset()
+		if _, err := buf.ReadFrom(r); err != nil {
 			return fmt.Errorf("reading exposition (%s): %w", format, err)
 		}
-		if err := checkDelimited(buf); err != nil {
+		if err := checkDelimited(buf.Bytes()); err != nil {
 			return fmt.Errorf("decoding exposition (%s): %w", format, err)
 		}
-		r = bytes.NewReader(buf)
+		r = bytes.NewReader(buf.Bytes())
 	}
 	dec := expfmt.NewDecoder(r, format)
 	for n := 0; ; n++ {
@@ -206,6 +210,9 @@ func addBucket(o *obs, ub, c float64) {
 	o.bounds = slices.Insert(o.bounds, i, ub)
 	o.counts = slices.Insert(o.counts, i, c)
 }
+
+// bodyBuffers holds protobuf expositions while their frames are checked.
+var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // checkDelimited verifies that buf is a sequence of varint-length-prefixed
 // messages each of which lies wholly inside buf.
