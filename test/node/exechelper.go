@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -44,11 +47,20 @@ func MaybeRunHelper() {
 		fmt.Fprintf(os.Stderr, "container helper: bad spec: %v\n", err)
 		os.Exit(127)
 	}
+	// The program is opened before anything is mounted: a volume mounted
+	// over a parent of its path (an emptyDir at /tmp, say) would hide it.
+	prog, err := os.Open(spec.Path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "container helper: program: %v\n", err)
+		os.Exit(127)
+	}
 	if err := setupMounts(spec.Mounts); err != nil {
 		fmt.Fprintf(os.Stderr, "container helper: %v\n", err)
 		os.Exit(127)
 	}
-	err := syscall.Exec(spec.Path, append([]string{spec.Path}, spec.Args...), os.Environ())
+	// Executing /proc/self/fd/N runs the file opened above whatever is
+	// mounted now; argv[0] stays the program's path, as a runtime sets it.
+	err = syscall.Exec(fmt.Sprintf("/proc/self/fd/%d", prog.Fd()), append([]string{spec.Path}, spec.Args...), os.Environ())
 	fmt.Fprintf(os.Stderr, "container helper: exec %s: %v\n", spec.Path, err)
 	os.Exit(127)
 }
@@ -58,11 +70,33 @@ func setupMounts(mounts []Mount) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making / private: %w", err)
 	}
-	for _, m := range mounts {
-		st, err := os.Stat(m.Source)
+	// Every source is opened before the first mount, since a mount can hide
+	// the sources under it (an emptyDir mounted at /tmp hides a state
+	// directory in /tmp), and mounts go shallowest target first, as the
+	// kubelet orders them, so /a is mounted before /a/b.
+	mounts = slices.Clone(mounts)
+	sort.SliceStable(mounts, func(i, j int) bool {
+		return strings.Count(filepath.Clean(mounts[i].Target), "/") < strings.Count(filepath.Clean(mounts[j].Target), "/")
+	})
+	srcs := make([]*os.File, len(mounts))
+	for i, m := range mounts {
+		f, err := os.OpenFile(m.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("volume source: %w", err)
 		}
+		srcs[i] = f
+	}
+	defer func() {
+		for _, f := range srcs {
+			f.Close()
+		}
+	}()
+	for i, m := range mounts {
+		st, err := srcs[i].Stat()
+		if err != nil {
+			return fmt.Errorf("volume source %s: %w", m.Source, err)
+		}
+		source := fmt.Sprintf("/proc/self/fd/%d", srcs[i].Fd())
 		if st.IsDir() {
 			if err := os.MkdirAll(m.Target, 0o755); err != nil {
 				return fmt.Errorf("creating mount point %s: %w", m.Target, err)
@@ -75,7 +109,7 @@ func setupMounts(mounts []Mount) error {
 				f.Close()
 			}
 		}
-		if err := unix.Mount(m.Source, m.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		if err := unix.Mount(source, m.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("bind-mounting %s at %s: %w", m.Source, m.Target, err)
 		}
 		if m.ReadOnly {

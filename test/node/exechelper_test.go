@@ -66,3 +66,53 @@ func TestHelperReportsBadSource(t *testing.T) {
 		t.Errorf("exit %v, want 127", err)
 	}
 }
+
+// A volume mounted over a directory that holds another volume's source and
+// the program itself (metrics-server's emptyDir at /tmp while the state
+// directory is in /tmp) hides neither, and the deeper mount lands inside the
+// shallower one whatever order the pod lists them in.
+func TestHelperMountOverSources(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mount namespaces need root")
+	}
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	base := t.TempDir()
+	state := filepath.Join(base, "state")
+	token := filepath.Join(state, "token-volume")
+	if err := os.MkdirAll(token, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(token, "token"), []byte("bound-token"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	shData, err := os.ReadFile(sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog := filepath.Join(state, "sh")
+	if err := os.WriteFile(prog, shData, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	empty := t.TempDir()
+	spec, _ := json.Marshal(execSpec{
+		Mounts: []Mount{
+			{Source: token, Target: filepath.Join(base, "secrets"), ReadOnly: true},
+			{Source: empty, Target: base},
+		},
+		Path: prog,
+		Args: []string{"-c", "cat " + base + "/secrets/token; echo; test -e " + state + " && echo state-visible || echo state-hidden"},
+	})
+	self, _ := os.Executable()
+	cmd := exec.Command(self, helperArg, string(spec))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	if got, want := string(out), "bound-token\nstate-hidden\n"; got != want {
+		t.Errorf("inside the namespace: %q, want %q", got, want)
+	}
+}
