@@ -3,6 +3,11 @@
 // {namespace}/{name}, as Istio's ingress gateway does for Seldon Core, from
 // EndpointSlices it watches, so endpoint changes (scale-out, scale-in, pods
 // killed) are followed without dropping requests.
+//
+// A request for a service with no ready endpoint (scaled to zero) is held,
+// as KEDA's http-add-on interceptor does, until an EndpointSlice event shows
+// one (HoldMax per service, HoldTimeout each); QueueHandler reports the held
+// and in-flight counts per service for the scaler to wake the workload.
 package gateway
 
 import (
@@ -41,9 +46,17 @@ type Gateway struct {
 	// Tries is how many endpoints a request that could not be delivered is
 	// offered to.
 	Tries int
+	// HoldMax is how many requests per service may wait for a first ready
+	// endpoint (cold start); more are answered 503 at once.
+	HoldMax int
+	// HoldTimeout is how long a request waits for a ready endpoint before
+	// a 503; 0 disables holding (no ready endpoint: 503 at once).
+	HoldTimeout time.Duration
 
 	mu       sync.Mutex
-	inflight map[string]*atomic.Int64
+	inflight map[string]*atomic.Int64 // by endpoint
+	services map[string]*service      // by "namespace/name"
+	hm       holdMetrics
 
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -68,8 +81,11 @@ func New(factory informers.SharedInformerFactory, reg prometheus.Registerer) (*G
 		return nil, fmt.Errorf("indexing EndpointSlices: %w", err)
 	}
 	f := promauto.With(reg)
-	return &Gateway{
+	g := &Gateway{
 		slices: inf.GetIndexer(), synced: inf.HasSynced, Tries: 3,
+		HoldMax: DefaultHoldMax, HoldTimeout: DefaultHoldTimeout,
+		services: map[string]*service{},
+		hm:       newHoldMetrics(f),
 		transport: &http.Transport{
 			DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			MaxIdleConnsPerHost: 256,
@@ -86,7 +102,14 @@ func New(factory informers.SharedInformerFactory, reg prometheus.Registerer) (*G
 		retries: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "mlscale_gateway_retries_total", Help: "Requests offered to another endpoint because the first could not take them, by reason.",
 		}, []string{"reason"}),
-	}, nil
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    g.notify,
+		UpdateFunc: func(_, obj any) { g.notify(obj) },
+	}); err != nil {
+		return nil, fmt.Errorf("watching EndpointSlices: %w", err)
+	}
+	return g, nil
 }
 
 // NewForClient is New with its own informer factory, started on ctx.
@@ -196,7 +219,18 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not found: the gateway routes /seldon/{namespace}/{name}/...", http.StatusNotFound)
 		return
 	}
-	code := g.forward(w, r, ns, svc, rest)
+	g.mu.Lock()
+	st := g.serviceLocked(ns + "/" + svc)
+	g.mu.Unlock()
+	code := http.StatusBadRequest
+	body, replayable, err := readBody(r)
+	if err != nil {
+		http.Error(w, err.Error(), code)
+	} else if code = g.hold(w, r, ns, svc, st); code == 0 {
+		st.inflight.Add(1)
+		code = g.forward(w, r, ns, svc, rest, body, replayable)
+		st.inflight.Add(-1)
+	}
 	g.requests.WithLabelValues(ns, svc, strconv.Itoa(code)).Inc()
 	g.duration.WithLabelValues(ns, svc).Observe(time.Since(start).Seconds())
 }
@@ -217,22 +251,25 @@ func parsePath(p string) (ns, svc, rest string, ok bool) {
 	return parts[0], parts[1], rest, true
 }
 
-func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, ns, svc, rest string) int {
-	var body []byte
-	replayable := true
-	if r.Body != nil && r.Body != http.NoBody {
-		data, err := io.ReadAll(io.LimitReader(r.Body, maxRetryBody+1))
-		if err != nil {
-			http.Error(w, "reading the request body: "+err.Error(), http.StatusBadRequest)
-			return http.StatusBadRequest
-		}
-		if len(data) > maxRetryBody {
-			replayable = false
-			r.Body = readCloser{io.MultiReader(bytes.NewReader(data), r.Body), r.Body}
-		} else {
-			body = data
-		}
+// readBody reads a body of up to maxRetryBody for retries; a larger one is
+// left to stream (replayable false). Reading it to the end also lets
+// net/http notice a client that goes away while the request is held.
+func readBody(r *http.Request) (body []byte, replayable bool, err error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, true, nil
 	}
+	data, err := io.ReadAll(io.LimitReader(r.Body, maxRetryBody+1))
+	if err != nil {
+		return nil, false, fmt.Errorf("reading the request body: %w", err)
+	}
+	if len(data) > maxRetryBody {
+		r.Body = readCloser{io.MultiReader(bytes.NewReader(data), r.Body), r.Body}
+		return nil, false, nil
+	}
+	return data, true, nil
+}
+
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, ns, svc, rest string, body []byte, replayable bool) int {
 	tried := map[string]bool{}
 	var lastErr error
 	for attempt := 0; attempt < g.Tries; attempt++ {

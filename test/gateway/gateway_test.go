@@ -166,7 +166,8 @@ func mustCounter(t *testing.T, reg *prometheus.Registry, ns, svc, code string) p
 }
 
 func TestErrors(t *testing.T) {
-	_, _, srv, _ := newGateway(t, slice("empty", "empty", 9000, map[string]bool{"127.0.0.9": false}))
+	g, _, srv, _ := newGateway(t, slice("empty", "empty", 9000, map[string]bool{"127.0.0.9": false}))
+	g.HoldTimeout = 0 // holding is TestHold*'s
 	tests := []struct {
 		name, path string
 		want       int
