@@ -34,7 +34,7 @@ var servedMetrics = []string{"requests_per_second", "predicted_rows_per_second",
 
 func TestEveryOverlayRenders(t *testing.T) {
 	all := renderAll(t)
-	want := []string{"eks", "istio", "keda", "keda-seldon", "local", "prometheus", "seldon", "seldon-cpu"}
+	want := []string{"eks", "istio", "keda", "keda-seldon", "local", "local-cpu", "prometheus", "seldon", "seldon-cpu"}
 	var got []string
 	for n := range all {
 		got = append(got, n)
@@ -432,6 +432,7 @@ func TestScalingRules(t *testing.T) {
 	}
 	want := map[string][]string{
 		"local":       {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
+		"local-cpu":   {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] cpu:40%"},
 		"istio":       {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
 		"prometheus":  {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
 		"eks":         {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},

@@ -5,15 +5,25 @@
 # through the gateway with replica sampling, write results/<UTC time>/, and
 # tear everything down, also on Ctrl-C. Needs root (pod addresses, mounts).
 #
-# Environment: SCALE (default 0.2), OUT (results directory), OVERLAY
-# (default manifests/overlays/local), BIN (default bin), STATE (cluster
-# state directory). Extra arguments go to loadgen.
+# Environment: SCALING (requests: the adapter's requests_per_second HPA,
+# the default; cpu: the seed's 40% CPU HPA through metrics-server; keda: a
+# ScaledObject on the scaler's push trigger, down to zero), SCALE (default
+# 0.2), OUT (results directory), OVERLAY (overrides SCALING's overlay), BIN
+# (default bin), STATE (cluster state directory). Extra arguments go to
+# loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${BIN:-bin}
 SCALE=${SCALE:-0.2}
-OVERLAY=${OVERLAY:-manifests/overlays/local}
+SCALING=${SCALING:-requests}
+case "$SCALING" in
+  requests) default_overlay=manifests/overlays/local ;;
+  cpu) default_overlay=manifests/overlays/local-cpu ;;
+  keda) default_overlay=manifests/overlays/local-keda ;;
+  *) echo "SCALING=$SCALING: want requests, cpu or keda" >&2; exit 2 ;;
+esac
+OVERLAY=${OVERLAY:-$default_overlay}
 OUT=${OUT:-results/$(date -u +%Y%m%dT%H%M%SZ)}
 STATE=${STATE:-$(mktemp -d /tmp/mlscale-demo-XXXXXX)/run}
 GATEWAY=${GATEWAY:-127.0.0.1:8080}
@@ -42,8 +52,9 @@ done
 export KUBECONFIG=$(cat "$STATE/ready")
 KUBECTL=$(ls "${MLSCALE_CACHE:-$HOME/.cache/mlscale}"/kubernetes-*/bin/kubectl | head -n1)
 
-echo "deploying $OVERLAY"
+echo "deploying $OVERLAY (SCALING=$SCALING)"
 "$KUBECTL" apply -k "$OVERLAY" >"$OUT/apply.log"
+"$KUBECTL" -n mlscale rollout status deployment/mlscale-adapter --timeout=180s
 "$KUBECTL" -n model rollout status deployment/iris-model-autoscale --timeout=180s
 
 rc=0
@@ -51,6 +62,7 @@ rc=0
   --scale-resource deployments.v1.apps --kubeconfig "$KUBECONFIG" \
   --scenario scenarios/seed.yaml --scale "$SCALE" --out "$OUT" "$@" || rc=$?
 "$KUBECTL" get hpa,pods -A -o wide >"$OUT/cluster-state.txt" 2>&1 || true
+"$KUBECTL" -n model describe hpa >>"$OUT/cluster-state.txt" 2>&1 || true
 stop_cluster
 echo "results in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 exit "$rc"

@@ -66,6 +66,7 @@ func runBuild(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("build", flag.ExitOnError)
 	cache := fs.String("cache", cluster.DefaultCacheDir(), "cache directory for the built components ($MLSCALE_CACHE)")
 	nice := fs.Int("nice", 10, "nice level of the compiler (0: none)")
+	with := fs.String("with", "", "extra components, comma-separated: keda (operator + metrics API server), prometheus-adapter")
 	fs.Parse(args)
 	start := time.Now()
 	b := &cluster.Builder{CacheDir: *cache, Nice: *nice, Log: os.Stderr}
@@ -73,8 +74,28 @@ func runBuild(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("kube-apiserver          %s\nkube-controller-manager %s\nkube-scheduler          %s\nkubectl                 %s\netcd                    %s\nmetrics-server          %s\n(%s)\n",
-		bins.APIServer, bins.ControllerManager, bins.Scheduler, bins.Kubectl, bins.Etcd, bins.MetricsServer, time.Since(start).Round(time.Second))
+	fmt.Printf("kube-apiserver          %s\nkube-controller-manager %s\nkube-scheduler          %s\nkubectl                 %s\netcd                    %s\nmetrics-server          %s\n",
+		bins.APIServer, bins.ControllerManager, bins.Scheduler, bins.Kubectl, bins.Etcd, bins.MetricsServer)
+	for _, x := range strings.Split(*with, ",") {
+		switch strings.TrimSpace(x) {
+		case "":
+		case "keda":
+			ex, err := b.BuildKEDA(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("keda-operator           %s\nkeda-adapter            %s\n", ex.KEDAOperator, ex.KEDAAdapter)
+		case "prometheus-adapter":
+			ex, err := b.BuildPrometheusAdapter(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("prometheus-adapter      %s\n", ex.PrometheusAdapter)
+		default:
+			return fmt.Errorf("build --with: unknown component %q (known: keda, prometheus-adapter)", x)
+		}
+	}
+	fmt.Printf("(%s)\n", time.Since(start).Round(time.Second))
 	return nil
 }
 

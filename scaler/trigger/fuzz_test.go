@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 )
@@ -21,6 +22,9 @@ func FuzzParse(f *testing.F) {
 		"namespace=\nserviceName=svc\nmetricName=inflight_requests\ntargetValue=-0",
 		"labelSelector=!!!\ntargetValue=NaN\nactivationValue=Inf",
 		"deploymentName=a\ndeploymentNameFromEnv=b",
+		"deploymentName=iris\nmetricName=requests_per_second\ntargetValue=5\nwakeServiceName=iris-predictor",
+		"serviceName=iris\nmetricName=requests_per_second\ntargetValue=5\nwakeServiceNameFromEnv=Iris_Svc",
+		"serviceName=iris\nmetricName=requests_per_second\ntargetValue=5\nwakeServiceName=1iris\nwakeServiceNameFromEnv=x",
 		"",
 	} {
 		f.Add(seed, "model")
@@ -40,7 +44,8 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if tr.Namespace == "" || !(tr.Target > 0) || tr.Activation < 0 || (tr.Selector == nil) == (tr.Name == "") {
+		if tr.Namespace == "" || !(tr.Target > 0) || tr.Activation < 0 || (tr.Selector == nil) == (tr.Name == "") ||
+			(tr.WakeService != "" && len(validation.IsDNS1035Label(tr.WakeService)) > 0 && tr.WakeService != tr.Name) {
 			t.Fatalf("accepted an unusable trigger %+v from %q", tr, md)
 		}
 	})

@@ -1,6 +1,7 @@
 // Package trigger parses and validates the metadata of a KEDA `external` or
 // `external-push` trigger aimed at mlscale's scaler: which pods, which
-// metric, the target and activation values, and how pod values fold into one.
+// metric, the target and activation values, how pod values fold into one,
+// and which Service's gateway queue wakes the workload from zero pods.
 package trigger
 
 import (
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/mlscale/mlscale/collector"
@@ -32,6 +34,11 @@ const (
 	KeyTargetValue          = "targetValue"
 	KeyActivationValue      = "activationValue"
 	KeyAggregation          = "aggregation"
+	// KeyWakeServiceName names the Service (in the trigger's namespace)
+	// the gateway routes the workload's requests to: requests the gateway
+	// holds or forwards for it make the trigger active even at zero pods.
+	// It defaults to serviceName when the trigger names its pods that way.
+	KeyWakeServiceName = "wakeServiceName"
 )
 
 // KEDA's own keys for the external scaler; they reach us in the same map and
@@ -46,6 +53,7 @@ const fromEnvSuffix = "FromEnv"
 var ownKeys = []string{
 	KeyNamespace, KeyDeploymentName, KeySeldonDeploymentName, KeyServiceName,
 	KeyLabelSelector, KeyMetricName, KeyTargetValue, KeyActivationValue, KeyAggregation,
+	KeyWakeServiceName,
 }
 
 // Aggregation overrides how the per-pod values of one workload fold into the
@@ -114,6 +122,10 @@ type Trigger struct {
 	Activation float64
 	// Aggregation is Default unless the trigger overrides it.
 	Aggregation Aggregation
+	// WakeService is the Service, in Namespace, whose requests held or in
+	// flight at the gateway count as activity (KeyWakeServiceName); "" when
+	// the trigger gives none and does not name its pods by serviceName.
+	WakeService string
 }
 
 // workloadKeys map the mutually exclusive "which pods" keys to kinds.
@@ -223,6 +235,17 @@ func Parse(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
 		if !slices.Contains(aggregations, t.Aggregation) {
 			return nil, Invalid("%s: %q is not one of %s", KeyAggregation, agg, aggregationNames())
 		}
+	}
+
+	if t.WakeService, err = get(KeyWakeServiceName); err != nil {
+		return nil, err
+	}
+	if t.WakeService != "" {
+		if errs := validation.IsDNS1035Label(t.WakeService); len(errs) > 0 {
+			return nil, Invalid("%s: %q is not a Service name: %s", KeyWakeServiceName, t.WakeService, strings.Join(errs, "; "))
+		}
+	} else if t.Kind == collector.KindService {
+		t.WakeService = t.Name
 	}
 	return t, nil
 }

@@ -26,6 +26,22 @@ type openLoop struct {
 	sent, failed atomic.Int64
 	firstErr     atomic.Value
 	wg           sync.WaitGroup
+
+	mu       sync.Mutex
+	failures []time.Time
+}
+
+// failedBetween counts the failures recorded in [from, to).
+func (l *openLoop) failedBetween(from, to time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, f := range l.failures {
+		if !f.Before(from) && f.Before(to) {
+			n++
+		}
+	}
+	return n
 }
 
 func (l *openLoop) run(ctx context.Context, path string) {
@@ -54,19 +70,25 @@ func (l *openLoop) run(ctx context.Context, path string) {
 				if err != nil {
 					l.failed.Add(1)
 					l.firstErr.CompareAndSwap(nil, err.Error())
+					l.mu.Lock()
+					l.failures = append(l.failures, time.Now())
+					l.mu.Unlock()
 				}
 			}()
 		}
 	}()
 }
 
-// TestRequestsPerSecondHPA covers the issue's cases 1, 2 and 4 on the
+// TestRequestsPerSecondHPA covers the issue's cases 1, 2, 4 and 5 on the
 // `local` overlay: the adapter registered through APIServices answers
 // custom.metrics.k8s.io through kube-apiserver in agreement with the load;
 // the real HPA controller scales the model server to ceil(rate / 4) on a
 // load step and back down when the load drops; no request fails meanwhile.
+// Then the bad days: the adapter down (the HPA holds its replicas and says
+// why, then catches up once the adapter is back) and a model pod killed
+// under load (replaced; only what was in flight on it may fail).
 func TestRequestsPerSecondHPA(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	objs, err := manifests.Build(filesys.MakeFsOnDisk(), env.repo+"/manifests/overlays/local")
 	if err != nil {
@@ -143,13 +165,121 @@ func TestRequestsPerSecondHPA(t *testing.T) {
 	got = waitDesired(t, ctx, func(r int32) bool { return r <= 2 }, 3*time.Minute)
 	waitReady(t, ctx, "model", "app.kubernetes.io/instance=iris-model-autoscale", int(got), 2*time.Minute)
 	time.Sleep(5 * time.Second)
-	stopLoad()
-	load.wg.Wait()
 
 	// Case 4: nothing failed across the scale-out and the scale-in.
-	t.Logf("%d requests, %d failed", load.sent.Load(), load.failed.Load())
+	t.Logf("scaled back in to %d; %d requests, %d failed", got, load.sent.Load(), load.failed.Load())
 	if load.failed.Load() != 0 {
 		t.Errorf("%d of %d requests failed across scaling; first: %v", load.failed.Load(), load.sent.Load(), load.firstErr.Load())
+	}
+
+	adapterDown(t, ctx, load)
+	podKilled(t, ctx, load)
+	stopLoad()
+	load.wg.Wait()
+}
+
+const modelSelector = "app.kubernetes.io/instance=iris-model-autoscale"
+
+// adapterDown: at 12/s (3 replicas) the adapter goes away and the load
+// rises to 20/s. The HPA cannot see the rise: it must keep 3 replicas and
+// report ScalingActive=False, never act on a made-up value; once the adapter
+// is back it catches up to ceil(20/4) = 5.
+func adapterDown(t *testing.T, ctx context.Context, load *openLoop) {
+	load.rate.Store(12)
+	failed0 := load.failed.Load()
+	before := waitDesired(t, ctx, func(r int32) bool { return r >= 3 && r <= 4 }, 3*time.Minute)
+	waitReady(t, ctx, "model", modelSelector, int(before), 2*time.Minute)
+	setReplicas(t, ctx, "mlscale", "mlscale-adapter", 0)
+	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=adapter", 0, time.Minute)
+	load.rate.Store(20)
+	down := time.Now()
+	sawCondition := ""
+	for time.Since(down) < 50*time.Second {
+		d, err := env.client.AppsV1().Deployments("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+		if err == nil && d.Spec.Replicas != nil && *d.Spec.Replicas != before {
+			t.Fatalf("with the adapter down the model scaled from %d to %d replicas", before, *d.Spec.Replicas)
+		}
+		h, err := env.client.AutoscalingV2().HorizontalPodAutoscalers("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+		if err == nil {
+			for _, c := range h.Status.Conditions {
+				if c.Type == "ScalingActive" && c.Status == "False" {
+					sawCondition = c.Reason + ": " + c.Message
+				}
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	if sawCondition == "" {
+		t.Fatalf("the HPA never reported ScalingActive=False in 50 s with the adapter down")
+	}
+	t.Logf("adapter down for 50 s: replicas held at %d; HPA says %.200s", before, sawCondition)
+	setReplicas(t, ctx, "mlscale", "mlscale-adapter", 1)
+	back := time.Now()
+	got := waitDesired(t, ctx, func(r int32) bool { return r >= 4 && r <= 6 }, 3*time.Minute)
+	t.Logf("adapter back: the HPA caught up to %d replicas for 20/s in %s", got, time.Since(back).Round(time.Second))
+	waitReady(t, ctx, "model", modelSelector, int(got), 2*time.Minute)
+	if n := load.failed.Load() - failed0; n != 0 {
+		t.Errorf("%d requests failed while the adapter was down and came back; first: %v", n, load.firstErr.Load())
+	}
+}
+
+// podKilled: one model pod is force-deleted under 20/s (no preStop, no
+// drain: its process gets SIGKILL). The ReplicaSet replaces it and traffic
+// carries on: requests that were in flight on it may fail (Istio does not
+// retry a reset either), nothing after it.
+func podKilled(t *testing.T, ctx context.Context, load *openLoop) {
+	pods := waitReady(t, ctx, "model", modelSelector, countReady(t, ctx), time.Minute)
+	victim := pods[0]
+	zero := int64(0)
+	failedBefore := load.failed.Load()
+	killed := time.Now()
+	if err := env.client.CoreV1().Pods("model").Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		now, err := readyPods(ctx, "model", modelSelector)
+		replaced := err == nil && len(now) >= len(pods)
+		for _, p := range now {
+			if p.Name == victim.Name {
+				replaced = false
+			}
+		}
+		if replaced {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s killed; %d ready pods after 2 min, want %d again", victim.Name, len(now), len(pods))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("pod %s killed; replaced and Ready after %s", victim.Name, time.Since(killed).Round(100*time.Millisecond))
+	time.Sleep(5 * time.Second)
+	late := load.failedBetween(killed.Add(2*time.Second), time.Now())
+	all := load.failed.Load() - failedBefore
+	t.Logf("around the kill: %d failed (first error: %v), %d of them later than 2 s after it", all, load.firstErr.Load(), late)
+	if late != 0 || all > 3 {
+		t.Errorf("a killed pod cost %d failed requests (%d later than 2 s after the kill); want only the ones in flight on it", all, late)
+	}
+}
+
+func countReady(t *testing.T, ctx context.Context) int {
+	pods, err := readyPods(ctx, "model", modelSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(pods)
+}
+
+func setReplicas(t *testing.T, ctx context.Context, ns, name string, n int32) {
+	t.Helper()
+	s, err := env.client.AppsV1().Deployments(ns).GetScale(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Spec.Replicas = n
+	if _, err := env.client.AppsV1().Deployments(ns).UpdateScale(ctx, name, s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }
 
