@@ -4,6 +4,13 @@
 // collector.Reader the custom-metrics adapter serves from, so both front doors
 // report the same numbers. It can run on its own (cmd/scaler) or inside the
 // adapter process sharing one collector: New, then Serve or Register.
+//
+// A workload at zero pods has nothing to scrape, so nothing in the collector
+// can wake it. With Config.GatewayQueueURL (--gateway-queue-url) the scaler
+// also polls the gateway's queue JSON, and requests held or in flight there
+// for a trigger's wake Service (metadata wakeServiceName, by default its
+// serviceName) make the trigger active and, at zero pods, are the metric
+// value, as KEDA's http-add-on does with its interceptor's queue.
 package scaler
 
 import (
@@ -62,6 +69,7 @@ type Server struct {
 	resolver Resolver
 	pods     PodCounter
 	cfg      Config
+	pending  PendingSource
 	log      *slog.Logger
 	metrics  *metrics
 	health   *health.Server
@@ -75,6 +83,8 @@ var _ pb.ExternalScalerServer = (*Server)(nil)
 // New returns a scaler reading from reader, resolving workload names with
 // resolver. cfg.Pods (optional) distinguishes zero pods from unscraped pods.
 // Its metrics are registered on cfg.Registerer (a fresh registry when nil).
+// With cfg.GatewayQueueURL (and no cfg.Pending) it polls the gateway's queue
+// until Shutdown.
 func New(reader Reader, resolver Resolver, cfg Config) *Server {
 	cfg.defaults()
 	s := &Server{
@@ -88,7 +98,41 @@ func New(reader Reader, resolver Resolver, cfg Config) *Server {
 		done:     make(chan struct{}),
 	}
 	s.health.SetServingStatus(ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.pending = cfg.Pending
+	if s.pending == nil && cfg.GatewayQueueURL != "" {
+		// Polled from now until Shutdown (which Serve calls when it
+		// ends), so the first answer is there before KEDA asks.
+		q := NewGatewayQueue(cfg.GatewayQueueURL, cfg.GatewayQueueInterval, cfg.Logger)
+		s.pending = q
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-s.done; cancel() }()
+		go q.Run(ctx)
+	}
 	return s
+}
+
+// pendingFor returns the requests held and in flight at the gateway for t's
+// wake Service; ok is false without a source, a wake Service, or a fresh
+// answer, when only the metric counts.
+func (s *Server) pendingFor(t *trigger.Trigger) (int, bool) {
+	if s.pending == nil || t.WakeService == "" {
+		return 0, false
+	}
+	held, inflight, ok := s.pending.Pending(t.Namespace, t.WakeService)
+	return held + inflight, ok
+}
+
+// active is IsActive's answer: requests pending at the gateway, or else the
+// metric above activationValue.
+func (s *Server) active(ctx context.Context, t *trigger.Trigger) (bool, error) {
+	if n, ok := s.pendingFor(t); ok && n > 0 {
+		return true, nil
+	}
+	v, err := s.value(ctx, t)
+	if err != nil {
+		return false, err
+	}
+	return v > t.Activation, nil
 }
 
 // Register adds the ExternalScaler and the standard gRPC health service to gs
@@ -111,17 +155,19 @@ func (s *Server) Shutdown() {
 	})
 }
 
-// IsActive reports whether the workload's value is above activationValue.
+// IsActive reports whether the workload's value is above activationValue
+// or, with a pending source, requests are held or in flight at the gateway
+// for the trigger's wake Service.
 func (s *Server) IsActive(ctx context.Context, ref *pb.ScaledObjectRef) (*pb.IsActiveResponse, error) {
 	t, err := s.trigger(ref)
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.value(ctx, t)
+	a, err := s.active(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.IsActiveResponse{Result: v > t.Activation}, nil
+	return &pb.IsActiveResponse{Result: a}, nil
 }
 
 // GetMetricSpec returns the trigger's one metric and its target.
@@ -133,7 +179,10 @@ func (s *Server) GetMetricSpec(_ context.Context, ref *pb.ScaledObjectRef) (*pb.
 	return metricSpec(t), nil
 }
 
-// GetMetrics returns the workload's aggregated value.
+// GetMetrics returns the workload's aggregated value. At zero pods, with
+// requests held or in flight at the gateway for the wake Service, it returns
+// their number instead (the metric is 0 there), so the HPA KEDA hands the
+// woken workload to computes at least one replica.
 func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb.GetMetricsResponse, error) {
 	t, err := s.trigger(req.GetScaledObjectRef())
 	if err != nil {
@@ -144,9 +193,14 @@ func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb
 	if name := req.GetMetricName(); name != "" && name != t.Metric {
 		return nil, trigger.Invalid("metricName: request asks for %q but the trigger's %s is %q", name, trigger.KeyMetricName, t.Metric)
 	}
-	v, err := s.value(ctx, t)
+	v, pods, err := s.read(ctx, t)
 	if err != nil {
 		return nil, err
+	}
+	if pods == 0 {
+		if n, ok := s.pendingFor(t); ok && n > 0 {
+			v = max(v, float64(n))
+		}
 	}
 	return &pb.GetMetricsResponse{MetricValues: []*pb.MetricValue{{
 		MetricName:       t.Metric,
@@ -160,21 +214,22 @@ func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb
 // scrape interval, so a crossing is pushed within one scrape interval of the
 // scrape that saw it. While the value is unknown (no data, scrape failing) the
 // stream stays open and silent: "no data" must not be pushed as "inactive",
-// and KEDA's polling IsActive/GetMetrics report the error meanwhile.
+// and KEDA's polling IsActive/GetMetrics report the error meanwhile. Requests
+// pending at the gateway count as active (see IsActive) and are re-read at
+// every new answer of the pending source as well.
 func (s *Server) StreamIsActive(ref *pb.ScaledObjectRef, stream grpc.ServerStreamingServer[pb.IsActiveResponse]) error {
 	t, err := s.trigger(ref)
 	if err != nil {
 		return err
 	}
 	ctx := stream.Context()
-	v, err := s.value(ctx, t)
+	last, err := s.active(ctx, t)
 	if err != nil {
 		return err
 	}
 	done := s.metrics.streamOpened("StreamIsActive")
 	defer done()
 
-	last := v > t.Activation
 	if err := stream.Send(&pb.IsActiveResponse{Result: last}); err != nil {
 		return err
 	}
@@ -183,14 +238,19 @@ func (s *Server) StreamIsActive(ref *pb.ScaledObjectRef, stream grpc.ServerStrea
 	defer tick.Stop()
 	failing := false
 	for {
+		var updated <-chan struct{} // nil: never
+		if u, ok := s.pending.(updater); ok && t.WakeService != "" {
+			updated = u.Updated()
+		}
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-s.done:
 			return status.Error(codes.Unavailable, "scaler shutting down")
 		case <-tick.C:
+		case <-updated:
 		}
-		v, err := s.value(ctx, t)
+		a, err := s.active(ctx, t)
 		if err != nil {
 			if !failing && ctx.Err() == nil {
 				s.log.Warn("StreamIsActive: value unknown, holding last state", "scaledObject", ref.GetNamespace()+"/"+ref.GetName(), "err", err)
@@ -199,7 +259,7 @@ func (s *Server) StreamIsActive(ref *pb.ScaledObjectRef, stream grpc.ServerStrea
 			continue
 		}
 		failing = false
-		if a := v > t.Activation; a != last {
+		if a != last {
 			if err := stream.Send(&pb.IsActiveResponse{Result: a}); err != nil {
 				return err
 			}
@@ -260,6 +320,12 @@ const (
 // exist but have no data (not scraped yet, scrapes failing) and for backend
 // failures, whose details go to the log rather than to the caller.
 func (s *Server) value(ctx context.Context, t *trigger.Trigger) (float64, error) {
+	v, _, err := s.read(ctx, t)
+	return v, err
+}
+
+// read is value with the number of pods it aggregated (0: scaled to zero).
+func (s *Server) read(ctx context.Context, t *trigger.Trigger) (float64, int, error) {
 	sel := t.Selector
 	if sel == nil {
 		var err error
@@ -267,12 +333,13 @@ func (s *Server) value(ctx context.Context, t *trigger.Trigger) (float64, error)
 		switch {
 		case errors.Is(err, collector.ErrWorkloadNotFound):
 			s.metrics.outcome(t.Metric, outcomeNotFound)
-			return 0, status.Errorf(codes.NotFound, "%s: %s %s/%s not found or selects no pods", trigger.WorkloadKey(t.Kind), t.Kind, t.Namespace, t.Name)
+			return 0, 0, status.Errorf(codes.NotFound, "%s: %s %s/%s not found or selects no pods", trigger.WorkloadKey(t.Kind), t.Kind, t.Namespace, t.Name)
 		case err != nil:
-			return 0, s.backendError(ctx, t, "resolving the workload", err)
+			return 0, 0, s.backendError(ctx, t, "resolving the workload", err)
 		}
 	}
 	var v float64
+	var pods int
 	var err error
 	if t.Aggregation == trigger.Default {
 		var agg collector.Aggregate
@@ -280,7 +347,7 @@ func (s *Server) value(ctx context.Context, t *trigger.Trigger) (float64, error)
 		if err == nil && agg.Pods == 0 {
 			err = collector.ErrNoData
 		}
-		v = agg.Value
+		v, pods = agg.Value, agg.Pods
 	} else {
 		var values []collector.PodValue
 		values, err = s.reader.PodValues(ctx, t.Metric, t.Namespace, sel)
@@ -288,16 +355,16 @@ func (s *Server) value(ctx context.Context, t *trigger.Trigger) (float64, error)
 			err = collector.ErrNoData
 		}
 		if err == nil {
-			v = t.Aggregation.Fold(values)
+			v, pods = t.Aggregation.Fold(values), len(values)
 		}
 	}
 	switch {
 	case err == nil:
 		s.metrics.outcome(t.Metric, outcomeOK)
-		return v, nil
+		return v, pods, nil
 	case errors.Is(err, collector.ErrUnknownMetric):
 		s.metrics.outcome(t.Metric, outcomeError)
-		return 0, trigger.Invalid("%s: %q is not served", trigger.KeyMetricName, t.Metric)
+		return 0, 0, trigger.Invalid("%s: %q is not served", trigger.KeyMetricName, t.Metric)
 	case errors.Is(err, collector.ErrNoData):
 		if s.pods != nil {
 			n, cerr := s.pods.CountPods(ctx, t.Namespace, sel)
@@ -305,16 +372,16 @@ func (s *Server) value(ctx context.Context, t *trigger.Trigger) (float64, error)
 				// Scaled to zero: nothing is being served, which is a
 				// real, known zero rather than missing data.
 				s.metrics.outcome(t.Metric, outcomeNoPods)
-				return 0, nil
+				return 0, 0, nil
 			}
 			if cerr != nil {
 				s.log.Warn("counting pods failed", "namespace", t.Namespace, "selector", sel.String(), "err", cerr)
 			}
 		}
 		s.metrics.outcome(t.Metric, outcomeNoData)
-		return 0, status.Errorf(codes.Unavailable, "no data for %s from the pods of %s: not scraped yet or scrapes failing", t.Metric, t.Describe())
+		return 0, 0, status.Errorf(codes.Unavailable, "no data for %s from the pods of %s: not scraped yet or scrapes failing", t.Metric, t.Describe())
 	default:
-		return 0, s.backendError(ctx, t, "reading "+t.Metric, err)
+		return 0, 0, s.backendError(ctx, t, "reading "+t.Metric, err)
 	}
 }
 
