@@ -7,7 +7,9 @@
 //
 // The collector config is the adapter's (scrape, discovery, rules), so both
 // serve the same metric names. /metrics, /healthz and /readyz are on
-// --metrics-address (6001).
+// --metrics-address (6001). --gateway-queue-url polls the gateway's queue
+// JSON, so requests held there for a trigger's wakeServiceName wake a
+// workload scaled to zero.
 package main
 
 import (
