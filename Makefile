@@ -43,10 +43,10 @@ demo-standalone: ## Build, serve the iris model on loopback, run the seed scenar
 	scripts/demo-standalone.sh
 
 .PHONY: cluster-build
-cluster-build: ## Build the local cluster's pinned Kubernetes components into ~/.cache/mlscale or MLSCALE_CACHE (once).
+cluster-build: ## Build the local cluster's pinned components (Kubernetes, etcd, metrics-server, CLUSTER_WITH: keda) into ~/.cache/mlscale or MLSCALE_CACHE (once).
 	@mkdir -p $(BIN)
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/localcluster ./cmd/localcluster
-	$(BIN)/localcluster build
+	$(BIN)/localcluster build --with '$(CLUSTER_WITH)'
 
 .PHONY: cluster-up
 cluster-up: build cluster-build ## Start the local cluster in the foreground (root; Ctrl-C stops it; gateway on 127.0.0.1:8080).
@@ -57,6 +57,9 @@ demo-cluster: build cluster-build certs ## The seed's experiment on the local cl
 	scripts/demo-cluster.sh
 
 E2E_TIMEOUT ?= 60m
+# Extra components `make cluster-build` builds: KEDA for the ScaledObject
+# path (e2e, SCALING=keda); bench-scaling adds prometheus-adapter.
+CLUSTER_WITH ?= keda
 E2E_RUN ?= .
 .PHONY: e2e
 e2e: build cluster-build certs ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root; E2E_RUN selects tests).

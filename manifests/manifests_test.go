@@ -34,7 +34,7 @@ var servedMetrics = []string{"requests_per_second", "predicted_rows_per_second",
 
 func TestEveryOverlayRenders(t *testing.T) {
 	all := renderAll(t)
-	want := []string{"eks", "istio", "keda", "keda-seldon", "local", "local-cpu", "prometheus", "seldon", "seldon-cpu"}
+	want := []string{"eks", "istio", "keda", "keda-seldon", "local", "local-cpu", "local-keda", "prometheus", "seldon", "seldon-cpu"}
 	var got []string
 	for n := range all {
 		got = append(got, n)
@@ -307,7 +307,7 @@ func TestAdapterRegistration(t *testing.T) {
 			}
 			slices.Sort(groups)
 			want := []string{"v1beta1.custom.metrics.k8s.io", "v1beta1.external.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"}
-			if strings.HasPrefix(name, "keda") {
+			if strings.Contains(name, "keda") {
 				// KEDA's metrics server owns external.metrics.k8s.io.
 				want = []string{"v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"}
 			}
@@ -432,6 +432,7 @@ func TestScalingRules(t *testing.T) {
 	}
 	want := map[string][]string{
 		"local":       {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
+		"local-keda":  {"ScaledObject model/iris-model-autoscale -> Deployment iris-model-autoscale [0,20] external:requests_per_second external-push:requests_per_second"},
 		"local-cpu":   {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] cpu:40%"},
 		"istio":       {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
 		"prometheus":  {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},

@@ -24,12 +24,14 @@ case "$SCALING" in
   *) echo "SCALING=$SCALING: want requests, cpu or keda" >&2; exit 2 ;;
 esac
 OVERLAY=${OVERLAY:-$default_overlay}
+up_args=()
+[ "$SCALING" = keda ] && up_args+=(--keda)
 OUT=${OUT:-results/$(date -u +%Y%m%dT%H%M%SZ)}
 STATE=${STATE:-$(mktemp -d /tmp/mlscale-demo-XXXXXX)/run}
 GATEWAY=${GATEWAY:-127.0.0.1:8080}
 
 mkdir -p "$OUT"
-"$BIN/localcluster" up --state-dir "$STATE" --gateway "$GATEWAY" --repo . --bin "$BIN" \
+"$BIN/localcluster" up --state-dir "$STATE" --gateway "$GATEWAY" --repo . --bin "$BIN" "${up_args[@]}" \
   >"$OUT/localcluster.log" 2>&1 &
 cluster=$!
 stop_cluster() {

@@ -122,6 +122,7 @@ func runUp(ctx context.Context, args []string) error {
 	cpus := fs.Int("node-cpus", 16, "CPU capacity the node advertises to the scheduler")
 	hpaSync := fs.Duration("hpa-sync-period", 0, "kube-controller-manager --horizontal-pod-autoscaler-sync-period (0: Kubernetes' default, 15s)")
 	noMS := fs.Bool("no-metrics-server", false, "do not deploy metrics-server")
+	keda := fs.Bool("keda", false, "also install KEDA "+cluster.KEDAVersion+" (operator + metrics API server, built on first use)")
 	var images imageFlags
 	fs.Var(&images, "image", "map an image prefix to a local program: PREFIX=PATH, PATH ending in / for a directory (repeatable)")
 	fs.Parse(args)
@@ -141,7 +142,7 @@ func runUp(ctx context.Context, args []string) error {
 	return cluster.Up(ctx, cluster.UpOptions{
 		Options: o, CacheDir: *cache, GatewayAddr: *gw, Images: node.ImageMap(images),
 		RepoDir: repoAbs, RepoBin: binAbs, KubeletPort: 10250, NodeCPUs: *cpus,
-		SkipMetricsServer: *noMS,
+		SkipMetricsServer: *noMS, KEDA: *keda,
 	})
 }
 

@@ -39,7 +39,13 @@ const (
 // Extras are the components built only on request: KEDA for the
 // ScaledObject path, prometheus-adapter for the scaling benchmark.
 type Extras struct {
+	// KEDAOperator and KEDAAdapter are named as in KEDA's images (/keda,
+	// /keda-adapter), so its manifests' commands map onto them.
 	KEDAOperator, KEDAAdapter, PrometheusAdapter string
+	// KEDAConfig is a copy of the module's config/ (KEDA's own kustomize
+	// tree: CRDs, RBAC, Deployments, APIService), what the local cluster
+	// installs.
+	KEDAConfig string
 }
 
 // Binaries are the absolute paths of the built components.
@@ -105,8 +111,9 @@ func (b *Builder) paths() Binaries {
 func (b *Builder) ExtraPaths() Extras {
 	k := filepath.Join(b.CacheDir, "keda-"+KEDAVersion, "bin")
 	return Extras{
-		KEDAOperator:      filepath.Join(k, "keda-operator"),
+		KEDAOperator:      filepath.Join(k, "keda"),
 		KEDAAdapter:       filepath.Join(k, "keda-adapter"),
+		KEDAConfig:        filepath.Join(b.CacheDir, "keda-"+KEDAVersion, "config"),
 		PrometheusAdapter: filepath.Join(b.CacheDir, "prometheus-adapter-"+PrometheusAdapterVersion, "bin", "prometheus-adapter"),
 	}
 }
@@ -133,7 +140,48 @@ func (b *Builder) BuildKEDA(ctx context.Context) (Extras, error) {
 			return ex, err
 		}
 	}
+	if _, err := os.Stat(filepath.Join(ex.KEDAConfig, "default", "kustomization.yaml")); err == nil {
+		return ex, nil
+	}
+	src := filepath.Join(b.CacheDir, "keda-"+KEDAVersion, "src")
+	cmd := exec.CommandContext(ctx, "go", "list", "-mod=mod", "-m", "-f", "{{.Dir}}", "github.com/kedacore/keda/v2")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	out, err := cmd.Output()
+	if err != nil {
+		return ex, fmt.Errorf("finding KEDA's module directory for its config: %w", err)
+	}
+	if err := copyTree(filepath.Join(strings.TrimSpace(string(out)), "config"), ex.KEDAConfig); err != nil {
+		return ex, fmt.Errorf("copying KEDA's config: %w", err)
+	}
+	b.logf("keda %s: config copied into %s", KEDAVersion, ex.KEDAConfig)
 	return ex, nil
+}
+
+// copyTree copies the regular files under src to dst, writable (the module
+// cache is read-only).
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, 0o644)
+	})
 }
 
 // BuildPrometheusAdapter builds sigs.k8s.io/prometheus-adapter's adapter.

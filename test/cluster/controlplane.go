@@ -25,6 +25,9 @@ type Options struct {
 	// NodeIP is the address of the node and the API server, inside PodCIDR.
 	PodCIDR string
 	NodeIP  string
+	// ServiceCIDR holds the Services' cluster IPs. Like PodCIDR it is made
+	// local on lo, and the service proxy listens on each cluster IP.
+	ServiceCIDR string
 	// NodeName is the node agent's Node (its certificate is issued for it).
 	NodeName string
 	// Ports; the API server listens on NodeIP, the rest on 127.0.0.1.
@@ -44,6 +47,7 @@ func DefaultOptions(cacheDir string) Options {
 	return Options{
 		StateDir:              filepath.Join(cacheDir, "run"),
 		PodCIDR:               DefaultPodCIDR,
+		ServiceCIDR:           DefaultServiceCIDR,
 		NodeIP:                "198.18.0.1",
 		NodeName:              "mlscale-local",
 		APIServerPort:         16443,
@@ -63,6 +67,7 @@ type ControlPlane struct {
 	procs      []*Process
 	lock       *os.File
 	routeAdded bool
+	svcRoute   bool
 }
 
 func (o Options) logf(format string, args ...any) {
@@ -107,6 +112,9 @@ func StartControlPlane(ctx context.Context, bins Binaries, o Options) (_ *Contro
 		return nil, err
 	}
 	if cp.routeAdded, err = AddLocalRoute(o.PodCIDR); err != nil {
+		return nil, err
+	}
+	if cp.svcRoute, err = AddLocalRoute(o.ServiceCIDR); err != nil {
 		return nil, err
 	}
 	nodeIP := net.ParseIP(o.NodeIP)
@@ -157,7 +165,7 @@ func StartControlPlane(ctx context.Context, bins Binaries, o Options) (_ *Contro
 		"--authorization-mode=Node,RBAC",
 		"--enable-admission-plugins=NodeRestriction",
 		"--allow-privileged=true",
-		"--service-cluster-ip-range=10.96.0.0/16",
+		"--service-cluster-ip-range=" + o.ServiceCIDR,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + p.ServiceAccountPub,
 		"--service-account-signing-key-file=" + p.ServiceAccountKey,
@@ -281,6 +289,12 @@ func (cp *ControlPlane) Stop() {
 			cp.Opts.logf("%v", err)
 		}
 		cp.routeAdded = false
+	}
+	if cp.svcRoute {
+		if err := DelLocalRoute(cp.Opts.ServiceCIDR); err != nil {
+			cp.Opts.logf("%v", err)
+		}
+		cp.svcRoute = false
 	}
 	if cp.lock != nil {
 		cp.lock.Close()

@@ -21,6 +21,11 @@ import (
 // never routed on the internet.
 const DefaultPodCIDR = "198.18.0.0/24"
 
+// DefaultServiceCIDR holds the Services' cluster IPs, in the same reserved
+// range and local the same way; the first address is the kubernetes
+// Service's.
+const DefaultServiceCIDR = "198.19.0.0/16"
+
 // AddLocalRoute makes every address of cidr local (bindable, delivered on
 // lo), and says whether it added the route (false: it was there already,
 // left by a run that was killed, and is not ours to remove). It needs

@@ -174,7 +174,7 @@ func GeneratePKI(dir, server string, ips []net.IP, nodeName string, nodeIP net.I
 		}
 		return kp.Write(dir, name)
 	}
-	apiIPs := append([]net.IP{net.ParseIP("10.96.0.1")}, ips...)
+	apiIPs := append([]net.IP{net.ParseIP("198.19.0.1")}, ips...)
 	if p.APIServerCert, p.APIServerKey, err = issue(ca, "apiserver", CertSpec{
 		CommonName: "kube-apiserver", Server: true, IPs: apiIPs,
 		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},

@@ -10,16 +10,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mlscale/mlscale/test/gateway"
+	"github.com/mlscale/mlscale/test/proxy"
 	"github.com/mlscale/mlscale/test/node"
 )
 
@@ -42,6 +45,9 @@ type UpOptions struct {
 	NodeCPUs         int
 	// SkipMetricsServer leaves metrics-server out (a faster start).
 	SkipMetricsServer bool
+	// KEDA installs KEDA's operator and metrics API server (built on first
+	// use) with its CRDs, registered for external.metrics.k8s.io.
+	KEDA bool
 	// Ready is called once everything is up, with the cluster.
 	Ready func(*Cluster)
 }
@@ -53,6 +59,11 @@ type Cluster struct {
 	Kubectl    string
 	Gateway    string
 }
+
+// GatewayAdminPort is where the gateway's hold queue (/queue) and metrics
+// are served on the node address (Istio's ingress merges its metrics on
+// 15020 too).
+const GatewayAdminPort = 15020
 
 // ReadyFile is written into the state directory once the cluster is up: the
 // path of the admin kubeconfig, for scripts and tests waiting on it.
@@ -88,9 +99,17 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 	if nodeIP != o.NodeIP {
 		return fmt.Errorf("the node address %s must be the first host of the pod CIDR %s (%s)", o.NodeIP, o.PodCIDR, nodeIP)
 	}
+	extras := b.ExtraPaths()
+	if o.KEDA {
+		if extras, err = b.BuildKEDA(ctx); err != nil {
+			return err
+		}
+	}
 	images := append(node.ImageMap{
 		{Prefix: "ghcr.io/mlscale/", Dir: o.RepoBin},
 		{Prefix: "registry.k8s.io/metrics-server/metrics-server", Binary: bins.MetricsServer},
+		{Prefix: "ghcr.io/kedacore/keda-metrics-apiserver", Binary: extras.KEDAAdapter},
+		{Prefix: "ghcr.io/kedacore/keda:", Binary: extras.KEDAOperator},
 	}, o.Images...)
 	agent, err := node.New(node.Config{
 		NodeName: o.NodeName, NodeIP: o.NodeIP, KubeletPort: o.KubeletPort, PodIPs: podIPs,
@@ -128,6 +147,24 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 		}
 		o.logf("metrics-server deployed (kube-system/metrics-server)")
 	}
+	if o.KEDA {
+		if err := InstallKEDA(ctx, kubectl, cp.PKI.AdminKubeconfig, extras, filepath.Join(o.StateDir, "keda")); err != nil {
+			return err
+		}
+		o.logf("KEDA %s deployed (namespace keda: keda-operator, keda-metrics-apiserver; APIService v1beta1.external.metrics.k8s.io)", KEDAVersion)
+	}
+
+	// Services' cluster IPs (local on lo, see DefaultServiceCIDR) work as
+	// kube-proxy makes them work: KEDA dials keda-operator.keda.svc and the
+	// scaler's Service by name; the pods' /etc/hosts resolves them.
+	proxyCtx, stopProxy := context.WithCancel(ctx)
+	defer stopProxy()
+	pfactory := informers.NewSharedInformerFactory(cp.Client, 0)
+	px := proxy.New(pfactory, o.Log)
+	pfactory.Start(proxyCtx.Done())
+	proxyDone := make(chan error, 1)
+	go func() { proxyDone <- px.Run(proxyCtx) }()
+	defer func() { stopProxy(); <-proxyDone }()
 
 	reg := prometheus.NewRegistry()
 	gwCtx, stopGW := context.WithCancel(ctx)
@@ -147,6 +184,7 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 	mux := http.NewServeMux()
 	mux.Handle("/seldon/", gw)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/queue", gw.QueueHandler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	defer func() {
@@ -154,6 +192,20 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
+	// Pods reach the gateway's admin side (hold queue, metrics) on the node
+	// address, as a pod reaches a node-local agent: the local-keda overlay
+	// points the scaler's --gateway-queue-url here.
+	adminAddr := net.JoinHostPort(o.NodeIP, strconv.Itoa(GatewayAdminPort))
+	al, err := net.Listen("tcp", adminAddr)
+	if err != nil {
+		return fmt.Errorf("gateway admin endpoint cannot listen on %s: %w", adminAddr, err)
+	}
+	admin := http.NewServeMux()
+	admin.Handle("/queue", gw.QueueHandler())
+	admin.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	asrv := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = asrv.Serve(al) }()
+	defer asrv.Close()
 
 	c := &Cluster{CP: cp, Kubeconfig: cp.PKI.AdminKubeconfig, Kubectl: kubectl, Gateway: "http://" + l.Addr().String()}
 	if err := os.WriteFile(filepath.Join(o.StateDir, ReadyFile), []byte(c.Kubeconfig+"\n"), 0o644); err != nil {

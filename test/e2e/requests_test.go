@@ -14,9 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/kustomize/kyaml/filesys"
-
-	"github.com/mlscale/mlscale/manifests"
 )
 
 // openLoop sends one-row predictions through the gateway at rate per second
@@ -90,20 +87,7 @@ func (l *openLoop) run(ctx context.Context, path string) {
 func TestRequestsPerSecondHPA(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	objs, err := manifests.Build(filesys.MakeFsOnDisk(), env.repo+"/manifests/overlays/local")
-	if err != nil {
-		t.Fatalf("rendering the local overlay (did `make certs` run?): %v", err)
-	}
-	yaml, err := manifests.YAML(objs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubectl(t, ctx, yaml, "apply", "-f", "-")
-	t.Cleanup(func() {
-		for _, ns := range []string{"model", "mlscale"} {
-			_ = env.client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
-		}
-	})
+	deployOverlay(t, ctx, "local")
 	// The test's HPA behaviour: scale-down after 15 s instead of a minute.
 	patch := []byte(`{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":15,"policies":[{"type":"Percent","value":100,"periodSeconds":15}]}}}}`)
 	if _, err := env.client.AutoscalingV2().HorizontalPodAutoscalers("model").Patch(ctx, "iris-model-autoscale", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {

@@ -1,0 +1,295 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+var (
+	scaledObjects = schema.GroupVersionResource{Group: "keda.sh", Version: "v1alpha1", Resource: "scaledobjects"}
+	apiServices   = schema.GroupVersionResource{Group: "apiregistration.k8s.io", Version: "v1", Resource: "apiservices"}
+)
+
+func dynamicClient(t *testing.T) dynamic.Interface {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", env.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dynamic.NewForConfigOrDie(cfg)
+}
+
+// TestKEDAScaleToZero is issue 8 on the real KEDA v2.21.0 operator and
+// metrics API server: the model server scaled by a ScaledObject with
+// mlscale's scaler as `external` and `external-push` triggers, minimum zero.
+// Idle goes to zero; the first request, held by the gateway, wakes it and is
+// answered; load scales it out; quiet brings it back to zero; no request
+// fails. Then the faults: the scaler killed (KEDA's fallback holds its
+// replica count, nothing goes to zero) and the scaler's TLS misconfigured
+// (KEDA says so in the ScaledObject's status; no silent zero).
+func TestKEDAScaleToZero(t *testing.T) {
+	if os.Getenv("MLSCALE_E2E_NO_KEDA") == "1" {
+		t.Skip("MLSCALE_E2E_NO_KEDA=1: the cluster runs without KEDA")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	dyn := dynamicClient(t)
+	waitReady(t, ctx, "keda", "app=keda-operator", 1, 3*time.Minute)
+	waitReady(t, ctx, "keda", "app=keda-metrics-apiserver", 1, 3*time.Minute)
+	waitAPIService(t, ctx, dyn, "v1beta1.external.metrics.k8s.io", "keda", "keda-metrics-apiserver")
+
+	deployOverlay(t, ctx, "local-keda")
+	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=scaler", 1, 2*time.Minute)
+	waitScaledObjectReady(t, ctx, dyn)
+
+	// Idle: KEDA takes it to zero after the cooldown.
+	start := time.Now()
+	waitReplicas(t, ctx, func(r int32) bool { return r == 0 }, 3*time.Minute)
+	waitReady(t, ctx, "model", modelSelector, 0, time.Minute)
+	t.Logf("idle: scaled to zero %s after the ScaledObject was ready", time.Since(start).Round(time.Second))
+
+	// The first request at zero is held by the gateway, wakes the model and
+	// is answered.
+	const path = "/seldon/model/iris-model-autoscale/api/v1.0/predictions"
+	first := time.Now()
+	if _, err := predict(ctx, path, []float64{5.1, 3.5, 1.4, 0.2}); err != nil {
+		t.Fatalf("the first request at zero replicas: %v", err)
+	}
+	t.Logf("first request from zero answered in %s", time.Since(first).Round(time.Millisecond))
+	if held := gatewayMetric(t, ctx, `mlscale_gateway_hold_outcomes_total{namespace="model",outcome="released",service="iris-model-autoscale"}`); held < 1 {
+		t.Errorf("the gateway's metrics show %v requests released from the hold, want >= 1", held)
+	}
+
+	// Load scales it out: 20/s at a target of 4 per pod is 5 replicas.
+	load := &openLoop{}
+	load.rate.Store(20)
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	load.run(loadCtx, path)
+	got := waitReplicas(t, ctx, func(r int32) bool { return r >= 4 && r <= 6 }, 3*time.Minute)
+	waitReady(t, ctx, "model", modelSelector, int(got), 2*time.Minute)
+	t.Logf("20/s: KEDA's HPA scaled out to %d replicas (formula: 5)", got)
+
+	kedaScalerKilled(t, ctx, dyn, load)
+
+	// Quiet: back to zero, and nothing failed on the way.
+	stopLoad()
+	load.wg.Wait()
+	quiet := time.Now()
+	waitReplicas(t, ctx, func(r int32) bool { return r == 0 }, 4*time.Minute)
+	t.Logf("quiet: back to zero in %s; %d requests, %d failed", time.Since(quiet).Round(time.Second), load.sent.Load(), load.failed.Load())
+	if load.failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed; first: %v", load.failed.Load(), load.sent.Load(), load.firstErr.Load())
+	}
+
+	kedaBadTLS(t, ctx, dyn)
+}
+
+// kedaScalerKilled: at 20/s the scaler goes away. KEDA's fallback
+// (failureThreshold 3, replicas 2) must take over: the Fallback condition
+// turns True and the Deployment goes to the fallback's 2, never to zero and
+// never to a number read from nowhere. The scaler comes back and KEDA
+// follows the load again.
+func kedaScalerKilled(t *testing.T, ctx context.Context, dyn dynamic.Interface, load *openLoop) {
+	failed0 := load.failed.Load()
+	setReplicas(t, ctx, "mlscale", "mlscale-scaler", 0)
+	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=scaler", 0, time.Minute)
+	down := time.Now()
+	fallback := ""
+	for time.Since(down) < 3*time.Minute {
+		so, err := dyn.Resource(scaledObjects).Namespace("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+		if err == nil {
+			if c := condition(so, "Fallback"); c != nil && c["status"] == "True" {
+				fallback = fmt.Sprint(c["message"])
+			}
+		}
+		d, err := env.client.AppsV1().Deployments("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+		if err == nil && d.Spec.Replicas != nil && *d.Spec.Replicas == 0 {
+			t.Fatalf("with the scaler down KEDA scaled the model to zero under load")
+		}
+		if fallback != "" && err == nil && *d.Spec.Replicas == 2 {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if fallback == "" {
+		t.Fatalf("KEDA's Fallback condition never turned True in 3 minutes with the scaler down")
+	}
+	t.Logf("scaler down: KEDA fell back to 2 replicas after %s (%s)", time.Since(down).Round(time.Second), fallback)
+	setReplicas(t, ctx, "mlscale", "mlscale-scaler", 1)
+	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=scaler", 1, 2*time.Minute)
+	got := waitReplicas(t, ctx, func(r int32) bool { return r >= 4 && r <= 6 }, 3*time.Minute)
+	t.Logf("scaler back: KEDA followed the load to %d replicas", got)
+	if n := load.failed.Load() - failed0; n != 0 {
+		t.Errorf("%d requests failed while the scaler was down", n)
+	}
+}
+
+// kedaBadTLS: the TriggerAuthentication names a CA that did not sign the
+// scaler's certificate. KEDA must report the TLS failure in the
+// ScaledObject's status and must not scale the model to zero for it.
+func kedaBadTLS(t *testing.T, ctx context.Context, dyn dynamic.Interface) {
+	// Wake the model and keep one replica busy, so a silent zero would show.
+	load := &openLoop{}
+	load.rate.Store(4)
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer func() { stopLoad(); load.wg.Wait() }()
+	load.run(loadCtx, "/seldon/model/iris-model-autoscale/api/v1.0/predictions")
+	waitReplicas(t, ctx, func(r int32) bool { return r >= 1 }, 2*time.Minute)
+
+	// The cluster's CA, which signed nothing of the scaler's.
+	kubectl(t, ctx, nil, "-n", "model", "create", "secret", "generic", "wrong-ca", "--from-file=ca.crt="+env.state+"/pki/ca.crt")
+	bad := []byte(`{"spec":{"secretTargetRef":[{"parameter":"caCert","name":"wrong-ca","key":"ca.crt"},{"parameter":"tlsClientCert","name":"mlscale-keda-client","key":"tls.crt"},{"parameter":"tlsClientKey","name":"mlscale-keda-client","key":"tls.key"}]}}`)
+	if _, err := dyn.Resource(schema.GroupVersionResource{Group: "keda.sh", Version: "v1alpha1", Resource: "triggerauthentications"}).
+		Namespace("model").Patch(ctx, "mlscale-scaler-tls", types.MergePatchType, bad, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// KEDA rebuilds a ScaledObject's scalers when the ScaledObject changes.
+	touch := []byte(fmt.Sprintf(`{"metadata":{"annotations":{"mlscale.test/tls":"%d"}}}`, time.Now().UnixNano()))
+	if _, err := dyn.Resource(scaledObjects).Namespace("model").Patch(ctx, "iris-model-autoscale", types.MergePatchType, touch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	msg := ""
+	for time.Now().Before(deadline) && msg == "" {
+		so, err := dyn.Resource(scaledObjects).Namespace("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+		if err == nil {
+			for _, typ := range []string{"Ready", "Fallback"} {
+				c := condition(so, typ)
+				if c == nil {
+					continue
+				}
+				m := fmt.Sprint(c["message"])
+				if (typ == "Ready" && c["status"] == "False") || (typ == "Fallback" && c["status"] == "True") {
+					msg = typ + "=" + fmt.Sprint(c["status"]) + ": " + m
+				}
+			}
+		}
+		d, err := env.client.AppsV1().Deployments("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+		if err == nil && d.Spec.Replicas != nil && *d.Spec.Replicas == 0 {
+			t.Fatalf("with the scaler's TLS misconfigured KEDA scaled the model to zero")
+		}
+		time.Sleep(time.Second)
+	}
+	if msg == "" {
+		t.Fatalf("KEDA's ScaledObject status never showed the TLS failure")
+	}
+	events := kubectl(t, ctx, nil, "-n", "model", "get", "events", "--field-selector", "involvedObject.kind=ScaledObject", "-o", "custom-columns=REASON:.reason,MESSAGE:.message")
+	t.Logf("TLS misconfigured: ScaledObject %s", msg)
+	if !strings.Contains(strings.ToLower(events+msg), "certificate") && !strings.Contains(strings.ToLower(events+msg), "x509") && !strings.Contains(strings.ToLower(events+msg), "tls") {
+		t.Errorf("neither the ScaledObject's status nor its events name the TLS failure:\n%s\n%s", msg, events)
+	}
+	// Nothing went to zero while the load ran on a broken trigger.
+	d, err := env.client.AppsV1().Deployments("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("replicas with the broken trigger: %d", *d.Spec.Replicas)
+}
+
+func condition(so *unstructured.Unstructured, typ string) map[string]any {
+	conds, _, _ := unstructured.NestedSlice(so.Object, "status", "conditions")
+	for _, c := range conds {
+		m, ok := c.(map[string]any)
+		if ok && m["type"] == typ {
+			return m
+		}
+	}
+	return nil
+}
+
+func waitScaledObjectReady(t *testing.T, ctx context.Context, dyn dynamic.Interface) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	var last map[string]any
+	for time.Now().Before(deadline) {
+		so, err := dyn.Resource(scaledObjects).Namespace("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+		if err == nil {
+			last = condition(so, "Ready")
+			if last != nil && last["status"] == "True" {
+				return
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("ScaledObject model/iris-model-autoscale not Ready in 2 minutes: %v", last)
+}
+
+func waitAPIService(t *testing.T, ctx context.Context, dyn dynamic.Interface, name, ns, svc string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	var last string
+	for time.Now().Before(deadline) {
+		a, err := dyn.Resource(apiServices).Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			gotNS, _, _ := unstructured.NestedString(a.Object, "spec", "service", "namespace")
+			gotName, _, _ := unstructured.NestedString(a.Object, "spec", "service", "name")
+			if gotNS != ns || gotName != svc {
+				t.Fatalf("APIService %s is served by %s/%s, want %s/%s: another server took the group", name, gotNS, gotName, ns, svc)
+			}
+			c := condition(a, "Available")
+			if c != nil && c["status"] == "True" {
+				return
+			}
+			last = fmt.Sprint(c)
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("APIService %s not Available in 2 minutes: %s", name, last)
+}
+
+// waitReplicas waits for the Deployment's spec.replicas (what KEDA and its
+// HPA set) to satisfy ok.
+func waitReplicas(t *testing.T, ctx context.Context, ok func(int32) bool, timeout time.Duration) int32 {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last int32 = -1
+	for time.Now().Before(deadline) {
+		d, err := env.client.AppsV1().Deployments("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
+		if err == nil && d.Spec.Replicas != nil {
+			last = *d.Spec.Replicas
+			if ok(last) {
+				return last
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("Deployment model/iris-model-autoscale at %d replicas after %s, not the expected count", last, timeout)
+	return 0
+}
+
+// gatewayMetric reads one sample from the gateway's /metrics (exact series
+// text as exposed, labels sorted).
+func gatewayMetric(t *testing.T, ctx context.Context, series string) float64 {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, gatewayURL+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			var v float64
+			fmt.Sscan(rest, &v)
+			return v
+		}
+	}
+	return 0
+}
