@@ -22,8 +22,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mlscale/mlscale/test/gateway"
-	"github.com/mlscale/mlscale/test/proxy"
 	"github.com/mlscale/mlscale/test/node"
+	"github.com/mlscale/mlscale/test/proxy"
 )
 
 //go:embed manifests/metrics-server.yaml
