@@ -112,6 +112,17 @@ deps-python: ## Install Debian's python3-xgboost and python3-sklearn (fixtures, 
 	  echo "installing python3-xgboost python3-sklearn (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-xgboost python3-sklearn python3-joblib >/dev/null; }
 
+.PHONY: deps-prometheus
+deps-prometheus: ## Install Debian's Prometheus (bench-scaling's configuration (c)).
+	@command -v prometheus >/dev/null || { \
+	  echo "installing prometheus (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+.PHONY: bench-scaling
+bench-scaling: build certs deps-prometheus ## How fast each autoscaler reacts to the same load step on the local cluster (root; ~20 min): results/bench/scaling.{md,json,png}.
+	$(MAKE) --no-print-directory cluster-build CLUSTER_WITH=keda,prometheus-adapter
+	MLSCALE_BENCH_SCALING=1 $(GO) test -tags e2e -count=1 -timeout 90m -run 'TestBenchScaling' -v ./test/e2e/...
+
 .PHONY: fixtures
 fixtures: deps-python ## Retrain the iris model and regenerate golden predictions.
 	$(PYTHON) modelserver/xgboost/testdata/train.py modelserver/xgboost/testdata

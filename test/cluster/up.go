@@ -110,6 +110,10 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 		{Prefix: "registry.k8s.io/metrics-server/metrics-server", Binary: bins.MetricsServer},
 		{Prefix: "ghcr.io/kedacore/keda-metrics-apiserver", Binary: extras.KEDAAdapter},
 		{Prefix: "ghcr.io/kedacore/keda:", Binary: extras.KEDAOperator},
+		// For `make bench-scaling`: prometheus-adapter as built, and
+		// Debian's Prometheus (apt-get install prometheus).
+		{Prefix: "registry.k8s.io/prometheus-adapter/prometheus-adapter", Binary: extras.PrometheusAdapter},
+		{Prefix: "quay.io/prometheus/prometheus", Binary: "/usr/bin/prometheus"},
 	}, o.Images...)
 	agent, err := node.New(node.Config{
 		NodeName: o.NodeName, NodeIP: o.NodeIP, KubeletPort: o.KubeletPort, PodIPs: podIPs,
