@@ -58,7 +58,10 @@ type Config struct {
 	// larger than the cores: a 2-core CI machine still fits the replicas an
 	// HPA test asks for (CPU utilisation is usage over request either way).
 	CPUs int
-	Log  io.Writer
+	// ClusterDomain is the DNS domain of Service names in the pods' hosts
+	// files and resolv.conf search path; "" means cluster.local.
+	ClusterDomain string
+	Log           io.Writer
 }
 
 // Agent is a running node.
@@ -70,6 +73,7 @@ type Agent struct {
 	recorder record.EventRecorder
 	ips      *ipPool
 	pids     *pidTable
+	net      *netFiles
 
 	mu      sync.Mutex
 	runners map[types.UID]*podRunner
@@ -99,6 +103,7 @@ func New(cfg Config) (*Agent, error) {
 		runners: map[types.UID]*podRunner{},
 	}
 	a.volumes = volumeWriter{client: cfg.Client, objects: a.objects}
+	a.net = newNetFiles(cfg.ClusterDomain, a.logf)
 	return a, nil
 }
 
@@ -143,6 +148,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	go a.heartbeat(ctx)
+	if err := a.watchServices(ctx); err != nil {
+		return err
+	}
 
 	factory := informers.NewSharedInformerFactoryWithOptions(a.client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -175,6 +183,33 @@ func (a *Agent) Run(ctx context.Context) error {
 	factory.Shutdown()
 	a.logf("stopping pods")
 	a.wg.Wait()
+	return nil
+}
+
+// watchServices keeps the pods' hosts files in line with the Services; it
+// returns once the Service cache has synced, so the first pods already see
+// every Service.
+func (a *Agent) watchServices(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactory(a.client, 0)
+	inf := factory.Core().V1().Services()
+	_, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.net.changed() },
+		UpdateFunc: func(any, any) { a.net.changed() },
+		DeleteFunc: func(any) { a.net.changed() },
+	})
+	if err != nil {
+		return fmt.Errorf("watching services: %w", err)
+	}
+	a.net.setLister(inf.Lister())
+	factory.Start(ctx.Done())
+	go func() {
+		<-ctx.Done()
+		factory.Shutdown()
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+		return nil // stopping before it synced
+	}
+	go a.net.run(ctx)
 	return nil
 }
 

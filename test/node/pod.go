@@ -117,6 +117,7 @@ func (r *podRunner) run(ctx context.Context) {
 		r.ip = ip
 	}
 	defer r.a.ips.release(r.pod.UID)
+	defer r.a.net.remove(r.pod.UID)
 	r.dir = filepath.Join(r.a.cfg.StateDir, "pods", fmt.Sprintf("%s_%s_%s", r.pod.Namespace, r.pod.Name, r.pod.UID))
 	r.startTime = metav1.Now()
 	for i := range r.pod.Spec.Containers {
@@ -148,6 +149,12 @@ func (r *podRunner) run(ctx context.Context) {
 			if err != nil {
 				r.event(corev1.EventTypeWarning, "FailedMount", "%v", err)
 				r.logf("volumes: %v", err)
+				retryT.Reset(2 * time.Second)
+				continue
+			}
+			if err := r.a.net.add(r.pod.UID, namesOf(r.pod, r.ip), r.dir); err != nil {
+				r.event(corev1.EventTypeWarning, "FailedCreatePodSandBox", "hosts file: %v", err)
+				r.logf("hosts file: %v", err)
 				retryT.Reset(2 * time.Second)
 				continue
 			}
@@ -342,6 +349,11 @@ func (r *podRunner) launch(ctx context.Context, c *containerRun) error {
 	mounts, err := containerMounts(&c.spec, r.volumes)
 	if err != nil {
 		return err
+	}
+	if os.Geteuid() == 0 {
+		// Service names: without root there is no mount namespace, and the
+		// container sees the host's files.
+		mounts = append(mounts, r.a.net.mounts(&c.spec, r.dir)...)
 	}
 	if err := os.MkdirAll(r.dir, 0o755); err != nil {
 		return err
