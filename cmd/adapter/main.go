@@ -15,10 +15,13 @@ import (
 	"time"
 
 	promapi "github.com/prometheus/client_golang/api"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	genericapiserver "k8s.io/apiserver/pkg/server"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/component-base/logs"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
@@ -48,6 +51,22 @@ type adapterCmd struct {
 	// same collector: one scrape loop for both front doors.
 	kedaScaler bool
 	scalerCfg  scaler.Config
+	// serviceNamespace/serviceName is this adapter's own Service, the one
+	// the external metrics APIService should point at.
+	serviceNamespace string
+	serviceName      string
+}
+
+// ownerCheckInterval is how often the adapter checks who owns
+// external.metrics.k8s.io.
+const ownerCheckInterval = 60 * time.Second
+
+// defaultNamespace is POD_NAMESPACE (the downward API), else mlscale.
+func defaultNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	return "mlscale"
 }
 
 func main() {
@@ -65,6 +84,8 @@ func main() {
 	fs := cmd.Flags()
 	fs.StringVar(&cmd.configPath, "config", "", "YAML config: scrape, discovery and rules (empty: the default metrics of pods annotated prometheus.io/scrape=true)")
 	fs.BoolVar(&cmd.enableExternal, "enable-external-metrics", true, "serve external.metrics.k8s.io too; turn off where another provider (KEDA) owns that API group")
+	fs.StringVar(&cmd.serviceNamespace, "service-namespace", defaultNamespace(), "namespace of this adapter's Service, which the external.metrics.k8s.io APIService should point at (default: $POD_NAMESPACE, else mlscale)")
+	fs.StringVar(&cmd.serviceName, "service-name", "mlscale-adapter", "name of this adapter's Service; with external metrics on, the adapter warns when the APIService points elsewhere (KEDA)")
 	fs.StringVar(&cmd.prometheusURL, "prometheus-url", "", "read the metrics from this Prometheus with PromQL instead of scraping pods (the config's rules still apply; discovery and scrape settings do not)")
 	fs.DurationVar(&cmd.promWindow, "prometheus-window", promql.NewOptions().Window, "rate window of the PromQL queries (at least four of that Prometheus' scrape intervals)")
 	fs.BoolVar(&cmd.kedaScaler, "keda-scaler", false, "also serve the KEDA external scaler (gRPC, --scaler-address) from this process's collector instead of running cmd/scaler")
@@ -179,11 +200,43 @@ func run(cmd *adapterCmd) error {
 	// The library builds the factory but leaves starting it to us; start it
 	// after every lister (resolver, scaler) has been asked for.
 	inf.Start(ctx.Done())
+	if cmd.enableExternal {
+		if err := watchExternalOwner(ctx, cmd, restCfg, reg); err != nil {
+			return err
+		}
+	}
 	klog.InfoS("Serving", "metrics", src.Metrics(), "externalMetrics", cmd.enableExternal, "prometheus", cmd.prometheusURL)
 	if err := srv.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// watchExternalOwner checks at start and every minute whether the
+// external.metrics.k8s.io APIService routes to this adapter, warning once per
+// change when another Service (KEDA's metrics server) owns it. Failing to
+// read it is logged, never fatal.
+func watchExternalOwner(ctx context.Context, cmd *adapterCmd, restCfg *rest.Config, reg prometheus.Registerer) error {
+	dc, err := dynamic.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("building dynamic client for the APIService check: %w", err)
+	}
+	w := adapter.NewOwnerWatch(dc, adapter.ExternalMetricsAPIService, cmd.serviceNamespace, cmd.serviceName, reg)
+	t := time.NewTicker(ownerCheckInterval)
+	go func() {
+		defer t.Stop()
+		w.Run(ctx, t.C, logOwnerEvent)
+	}()
+	return nil
+}
+
+func logOwnerEvent(ev adapter.OwnerEvent) {
+	o := ev.Owner
+	if ev.Warn {
+		klog.Warning(ev.Msg)
+		return
+	}
+	klog.InfoS(ev.Msg, "apiService", o.APIService, "server", o.Server(), "ours", o.Ours, "available", o.Available)
 }
 
 // startScaler serves the KEDA external scaler next to the metrics APIs,
