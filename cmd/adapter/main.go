@@ -84,7 +84,7 @@ func main() {
 	fs := cmd.Flags()
 	fs.StringVar(&cmd.configPath, "config", "", "YAML config: scrape, discovery and rules (empty: the default metrics of pods annotated prometheus.io/scrape=true)")
 	fs.BoolVar(&cmd.enableExternal, "enable-external-metrics", true, "serve external.metrics.k8s.io too; turn off where another provider (KEDA) owns that API group")
-	fs.StringVar(&cmd.serviceNamespace, "service-namespace", defaultNamespace(), "namespace of this adapter's Service, which the external.metrics.k8s.io APIService should point at (default: $POD_NAMESPACE, else mlscale)")
+	fs.StringVar(&cmd.serviceNamespace, "service-namespace", defaultNamespace(), "namespace of this adapter's Service, which the external.metrics.k8s.io APIService should point at ($POD_NAMESPACE when set)")
 	fs.StringVar(&cmd.serviceName, "service-name", "mlscale-adapter", "name of this adapter's Service; with external metrics on, the adapter warns when the APIService points elsewhere (KEDA)")
 	fs.StringVar(&cmd.prometheusURL, "prometheus-url", "", "read the metrics from this Prometheus with PromQL instead of scraping pods (the config's rules still apply; discovery and scrape settings do not)")
 	fs.DurationVar(&cmd.promWindow, "prometheus-window", promql.NewOptions().Window, "rate window of the PromQL queries (at least four of that Prometheus' scrape intervals)")
