@@ -1,126 +1,41 @@
 package manifests
 
 import (
-	"bufio"
-	"bytes"
-	"context"
-	"errors"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	structuralschema "k8s.io/apiextensions-apiserver/pkg/apiserver/schema"
-	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel"
-	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/pruning"
-	"k8s.io/apiextensions-apiserver/pkg/apiserver/validation"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
-	utiljson "k8s.io/apimachinery/pkg/util/json"
-	"k8s.io/apimachinery/pkg/util/validation/field"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	celconfig "k8s.io/apiserver/pkg/apis/cel"
-	"sigs.k8s.io/yaml"
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/internal/crdschema"
 	"github.com/mlscale/mlscale/scaler/trigger"
 )
 
-// crdVersion validates objects of one served CRD version as the API server
-// does on create: the OpenAPI schema, unknown fields (which the server would
-// prune silently) and x-kubernetes-validations (CEL).
-type crdVersion struct {
-	validator  validation.SchemaValidator
-	structural *structuralschema.Structural
-	cel        *cel.Validator
-}
-
-// loadCRDs reads every CRD under crdsDir() into apiVersion/kind -> validator.
-// The e2e test applies the same CRDs to a real API server; this is the fast,
-// in-process half of that check.
-func loadCRDs(t *testing.T) map[string]*crdVersion {
+// loadCRDs reads every CRD under crdsDir() into group/version/kind ->
+// validator. The e2e test applies the same CRDs to a real API server; this is
+// the fast, in-process half of that check.
+func loadCRDs(t *testing.T) crdschema.Set {
 	t.Helper()
-	out := map[string]*crdVersion{}
 	dir := crdsDir()
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".yaml") {
-			return err
-		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-		for {
-			doc, err := r.Read()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("%s: %w", p, err)
-			}
-			var crd apiextensionsv1.CustomResourceDefinition
-			if err := yaml.Unmarshal(doc, &crd); err != nil {
-				return fmt.Errorf("%s: %w", p, err)
-			}
-			if crd.Kind != "CustomResourceDefinition" {
-				continue
-			}
-			for _, v := range crd.Spec.Versions {
-				if !v.Served || v.Schema == nil {
-					continue
-				}
-				var internal apiextensions.JSONSchemaProps
-				if err := apiextensionsv1.Convert_v1_JSONSchemaProps_To_apiextensions_JSONSchemaProps(v.Schema.OpenAPIV3Schema, &internal, nil); err != nil {
-					return fmt.Errorf("%s %s: %w", crd.Name, v.Name, err)
-				}
-				ss, err := structuralschema.NewStructural(&internal)
-				if err != nil {
-					return fmt.Errorf("%s %s is not structural: %w", crd.Name, v.Name, err)
-				}
-				val, _, err := validation.NewSchemaValidator(&internal)
-				if err != nil {
-					return fmt.Errorf("%s %s: %w", crd.Name, v.Name, err)
-				}
-				out[crd.Spec.Group+"/"+v.Name+"/"+crd.Spec.Names.Kind] = &crdVersion{val, ss, cel.NewValidator(ss, true, celconfig.PerCallLimit)}
-			}
-		}
-	})
+	crds, err := crdschema.LoadDir(dir)
 	if err != nil {
 		t.Fatalf("loading CRDs from %s (shared/ beside the repository; MLSCALE_CRDS overrides): %v", dir, err)
 	}
-	return out
+	return crds
 }
 
-func (c *crdVersion) validate(obj map[string]any) error {
-	var errs field.ErrorList
-	errs = append(errs, validation.ValidateCustomResource(nil, obj, c.validator)...)
-	pruned := pruning.PruneWithOptions(deepCopyJSON(obj), c.structural, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true})
-	for _, p := range pruned {
-		errs = append(errs, field.Forbidden(field.NewPath(p), "unknown field (the API server would drop it)"))
-	}
-	celErrs, _ := c.cel.Validate(context.Background(), nil, c.structural, obj, nil, celconfig.RuntimeCELCostBudget)
-	errs = append(errs, celErrs...)
-	return errs.ToAggregate()
-}
-
-// deepCopyJSON round-trips obj the way the API server decodes a request body
+// deepCopyJSON copies obj the way the API server decodes a request body
 // (integers as int64, which CEL rules need).
-func deepCopyJSON(obj map[string]any) map[string]any {
-	b, err := utiljson.Marshal(obj)
+func deepCopyJSON(t *testing.T, obj map[string]any) map[string]any {
+	t.Helper()
+	out, err := crdschema.Normalize(obj)
 	if err != nil {
-		panic(err)
-	}
-	var out map[string]any
-	if err := utiljson.Unmarshal(b, &out); err != nil {
-		panic(err)
+		t.Fatal(err)
 	}
 	return out
 }
@@ -142,14 +57,14 @@ func TestCustomResourcesMatchCRDs(t *testing.T) {
 				if gvk.Group == "" || !strings.Contains(gvk.Group, ".") || strings.HasSuffix(gvk.Group, ".k8s.io") || gvk.Group == "apps" || gvk.Group == "policy" || gvk.Group == "autoscaling" {
 					continue // built-in kinds: TestPod* and the e2e dry-run cover them
 				}
-				c := crds[gvk.Group+"/"+gvk.Version+"/"+gvk.Kind]
+				c := crds[gvk]
 				if c == nil {
 					if gvk.Group != "cert-manager.io" {
 						t.Errorf("%s %s/%s: no CRD for %s in %s", gvk.Kind, o.GetNamespace(), o.GetName(), gvk.GroupVersion(), crdsDir())
 					}
 					continue
 				}
-				if err := c.validate(deepCopyJSON(o.Object)); err != nil {
+				if err := c.Validate(o.Object); err != nil {
 					t.Errorf("%s %s/%s: %v", gvk.Kind, o.GetNamespace(), o.GetName(), err)
 				}
 				if gvk.Kind != "ScaledObject" {
@@ -202,10 +117,10 @@ func TestBrokenCustomResourcesAreRejected(t *testing.T) {
 			if len(objs) == 0 {
 				t.Fatalf("no %s in %s", tc.kind, tc.overlay)
 			}
-			obj := deepCopyJSON(objs[0].Object)
+			obj := deepCopyJSON(t, objs[0].Object)
 			tc.mutate(obj)
 			gvk := objs[0].GroupVersionKind()
-			err := crds[gvk.Group+"/"+gvk.Version+"/"+gvk.Kind].validate(obj)
+			err := crds[gvk].Validate(obj)
 			if err == nil {
 				t.Fatal("accepted")
 			}

@@ -3,29 +3,23 @@ package scaler
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	structuralschema "k8s.io/apiextensions-apiserver/pkg/apiserver/schema"
-	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel"
-	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/pruning"
-	"k8s.io/apiextensions-apiserver/pkg/apiserver/validation"
 	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	celconfig "k8s.io/apiserver/pkg/apis/cel"
 	"sigs.k8s.io/yaml"
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/internal/crdschema"
 	"github.com/mlscale/mlscale/scaler/trigger"
 )
 
@@ -33,82 +27,35 @@ import (
 // repository, in development and in CI).
 const kedaCRDs = "../../shared/crds/keda"
 
-// crdSchema validates objects of one CRD version the way the API server does
-// on create: OpenAPI schema, unknown fields (which the server would silently
-// prune, so a typo'd field is an error here), and x-kubernetes-validations.
-type crdSchema struct {
-	kind       string
-	apiVersion string
-	validator  validation.SchemaValidator
-	structural *structuralschema.Structural
-	cel        *cel.Validator
-}
-
-func loadCRD(t *testing.T, file string) *crdSchema {
+// loadCRD reads the first served version of a KEDA CRD file.
+func loadCRD(t *testing.T, file string) *crdschema.Validator {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(kedaCRDs, file))
+	vs, err := crdschema.Load(filepath.Join(kedaCRDs, file))
 	if err != nil {
-		t.Fatalf("reading KEDA's CRD (expected in shared/ beside the repository): %v", err)
+		if errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("reading KEDA's CRD (expected in shared/ beside the repository): %v", err)
+		}
+		t.Fatalf("loading %s: %v", file, err)
 	}
-	var crd apiextensionsv1.CustomResourceDefinition
-	if err := yaml.UnmarshalStrict(data, &crd); err != nil {
-		t.Fatalf("decoding %s: %v", file, err)
-	}
-	for _, v := range crd.Spec.Versions {
-		if !v.Served || v.Schema == nil {
-			continue
-		}
-		var internal apiextensions.JSONSchemaProps
-		if err := apiextensionsv1.Convert_v1_JSONSchemaProps_To_apiextensions_JSONSchemaProps(v.Schema.OpenAPIV3Schema, &internal, nil); err != nil {
-			t.Fatalf("converting the schema of %s: %v", file, err)
-		}
-		ss, err := structuralschema.NewStructural(&internal)
-		if err != nil {
-			t.Fatalf("%s is not a structural schema: %v", file, err)
-		}
-		validator, _, err := validation.NewSchemaValidator(&internal)
-		if err != nil {
-			t.Fatalf("building the validator of %s: %v", file, err)
-		}
-		return &crdSchema{
-			kind:       crd.Spec.Names.Kind,
-			apiVersion: crd.Spec.Group + "/" + v.Name,
-			validator:  validator,
-			structural: ss,
-			cel:        cel.NewValidator(ss, true, celconfig.PerCallLimit),
-		}
-	}
-	t.Fatalf("%s has no served version with a schema", file)
-	return nil
+	return vs[0]
 }
 
-func (c *crdSchema) validate(obj map[string]any) error {
+// validateExample checks obj against its CRD as the API server would on
+// create (crdschema), and that the example names its object and namespace.
+func validateExample(c *crdschema.Validator, obj map[string]any) error {
 	var errs field.ErrorList
-	if obj["apiVersion"] != c.apiVersion {
-		errs = append(errs, field.Invalid(field.NewPath("apiVersion"), obj["apiVersion"], "want "+c.apiVersion))
-	}
 	md, _ := obj["metadata"].(map[string]any)
 	if md["name"] == nil || md["namespace"] == nil {
 		errs = append(errs, field.Required(field.NewPath("metadata"), "name and namespace"))
 	}
-	errs = append(errs, validation.ValidateCustomResource(nil, obj, c.validator)...)
-	pruned := pruning.PruneWithOptions(deepCopy(obj), c.structural, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true})
-	for _, p := range pruned {
-		errs = append(errs, field.Forbidden(field.NewPath(p), "unknown field (the API server would drop it)"))
-	}
-	celErrs, _ := c.cel.Validate(context.Background(), nil, c.structural, obj, nil, celconfig.RuntimeCELCostBudget)
-	errs = append(errs, celErrs...)
-	return errs.ToAggregate()
+	return append(errs, c.FieldErrors(obj)...).ToAggregate()
 }
 
-func deepCopy(obj map[string]any) map[string]any {
-	b, err := yaml.Marshal(obj)
+func deepCopy(t *testing.T, obj map[string]any) map[string]any {
+	t.Helper()
+	out, err := crdschema.Normalize(obj)
 	if err != nil {
-		panic(err)
-	}
-	out, err := decode(b)
-	if err != nil {
-		panic(err)
+		t.Fatal(err)
 	}
 	return out
 }
@@ -157,13 +104,13 @@ func readObjects(t *testing.T, path string) []map[string]any {
 // checkExample validates obj against its CRD and, for a ScaledObject, every
 // mlscale trigger's metadata with the scaler's own parser, as KEDA would
 // forward it.
-func checkExample(obj map[string]any, crds map[string]*crdSchema) error {
+func checkExample(obj map[string]any, crds map[string]*crdschema.Validator) error {
 	kind, _ := obj["kind"].(string)
 	crd := crds[kind]
 	if crd == nil {
 		return fmt.Errorf("no CRD for kind %q", kind)
 	}
-	if err := crd.validate(obj); err != nil {
+	if err := validateExample(crd, obj); err != nil {
 		return err
 	}
 	if kind != "ScaledObject" {
@@ -196,10 +143,10 @@ func defaultMetricNames() []string {
 }
 
 func TestScaledObjectExamples(t *testing.T) {
-	crds := map[string]*crdSchema{}
+	crds := map[string]*crdschema.Validator{}
 	for _, f := range []string{"keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml"} {
 		c := loadCRD(t, f)
-		crds[c.kind] = c
+		crds[c.GVK.Kind] = c
 	}
 	files, err := filepath.Glob("testdata/scaledobject-*.yaml")
 	if err != nil || len(files) == 0 {
@@ -250,7 +197,7 @@ func TestScaledObjectExamples(t *testing.T) {
 	}
 	for _, tc := range broken {
 		t.Run("broken/"+tc.name, func(t *testing.T) {
-			o := deepCopy(base)
+			o := deepCopy(t, base)
 			tc.mutate(o)
 			err := checkExample(o, crds)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
