@@ -199,8 +199,8 @@ func adapterDown(t *testing.T, ctx context.Context, load *openLoop) {
 	t.Logf("adapter down for 50 s: replicas held at %d; HPA says %.200s", before, sawCondition)
 	setReplicas(t, ctx, "mlscale", "mlscale-adapter", 1)
 	back := time.Now()
-	got := waitDesired(t, ctx, func(r int32) bool { return r >= 4 && r <= 6 }, 3*time.Minute)
-	t.Logf("adapter back: the HPA caught up to %d replicas for 20/s in %s", got, time.Since(back).Round(time.Second))
+	got := waitDesired(t, ctx, func(r int32) bool { return r > before && r >= 4 && r <= 6 }, 3*time.Minute)
+	t.Logf("adapter back: the HPA caught up from %d to %d replicas for 20/s in %s", before, got, time.Since(back).Round(time.Second))
 	waitReady(t, ctx, "model", modelSelector, int(got), 2*time.Minute)
 	if n := load.failed.Load() - failed0; n != 0 {
 		t.Errorf("%d requests failed while the adapter was down and came back; first: %v", n, load.firstErr.Load())
