@@ -36,7 +36,7 @@ fuzz: ## Run every Go fuzz target for FUZZTIME (default 8s) each; a failing inpu
 	@GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZMINIMIZETIME=$(FUZZMINIMIZETIME) scripts/fuzz.sh
 
 .PHONY: demo
-demo: demo-standalone ## Run the seed's load experiment and write results/<time>/ (for now: model server on loopback, no Kubernetes).
+demo: demo-cluster ## The seed's experiment on the local cluster (root): SCALING=requests|cpu|keda, results/<time>/.
 
 .PHONY: demo-standalone
 demo-standalone: ## Build, serve the iris model on loopback, run the seed scenario at SCALE (0.02), write results/<time>/.
@@ -53,10 +53,14 @@ cluster-up: build cluster-build ## Start the local cluster in the foreground (ro
 	$(BIN)/localcluster up --repo . --bin $(BIN)
 
 .PHONY: demo-cluster
-demo-cluster: build cluster-build certs ## The seed's experiment on the local cluster (root): overlays/local, loadgen through the gateway, results/<time>/.
-	scripts/demo-cluster.sh
+demo-cluster: build certs ## The seed's experiment on the local cluster (root): SCALING=requests|cpu|keda, loadgen through the gateway, results/<time>/.
+	@$(MAKE) --no-print-directory cluster-build CLUSTER_WITH='$(if $(filter keda,$(SCALING)),keda)'
+	SCALING='$(SCALING)' scripts/demo-cluster.sh
 
 E2E_TIMEOUT ?= 60m
+# What `make demo` scales on: requests (the adapter's requests_per_second
+# HPA), cpu (the seed's 40% CPU HPA), keda (a ScaledObject, down to zero).
+SCALING ?= requests
 # Extra components `make cluster-build` builds: KEDA for the ScaledObject
 # path (e2e, SCALING=keda); bench-scaling adds prometheus-adapter.
 CLUSTER_WITH ?= keda

@@ -8,14 +8,15 @@
 # Environment: SCALING (requests: the adapter's requests_per_second HPA,
 # the default; cpu: the seed's 40% CPU HPA through metrics-server; keda: a
 # ScaledObject on the scaler's push trigger, down to zero), SCALE (default
-# 0.2), OUT (results directory), OVERLAY (overrides SCALING's overlay), BIN
+# 1), SCENARIO (default scenarios/seed-cluster.yaml), OUT (results directory), OVERLAY (overrides SCALING's overlay), BIN
 # (default bin), STATE (cluster state directory). Extra arguments go to
 # loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${BIN:-bin}
-SCALE=${SCALE:-0.2}
+SCALE=${SCALE:-1}
+SCENARIO=${SCENARIO:-scenarios/seed-cluster.yaml}
 SCALING=${SCALING:-requests}
 case "$SCALING" in
   requests) default_overlay=manifests/overlays/local ;;
@@ -62,7 +63,7 @@ echo "deploying $OVERLAY (SCALING=$SCALING)"
 rc=0
 "$BIN/loadgen" --url "http://$GATEWAY" --namespace model --deployment iris-model-autoscale \
   --scale-resource deployments.v1.apps --kubeconfig "$KUBECONFIG" \
-  --scenario scenarios/seed.yaml --scale "$SCALE" --out "$OUT" "$@" || rc=$?
+  --scenario "$SCENARIO" --scale "$SCALE" --out "$OUT" "$@" || rc=$?
 "$KUBECTL" get hpa,pods -A -o wide >"$OUT/cluster-state.txt" 2>&1 || true
 "$KUBECTL" -n model describe hpa >>"$OUT/cluster-state.txt" 2>&1 || true
 stop_cluster
