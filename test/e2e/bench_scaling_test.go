@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -52,9 +53,12 @@ type benchResult struct {
 }
 
 const (
-	benchRows     = 5000
+	// The step must be heavy enough for the seed's CPU rule to act at all:
+	// 10,000-row requests at 40/s keep one replica well above 40% of its
+	// 0.5-core request (a 5,000-row, 16/s step never crossed it).
+	benchRows     = 10000
 	benchBaseline = 1  // requests per second before the step
-	benchStep     = 16 // requests per second after it
+	benchStep     = 40 // requests per second after it
 	benchWindow   = 150 * time.Second
 )
 
@@ -210,6 +214,7 @@ func setupPrometheusAdapter(t *testing.T, ctx context.Context, dyn dynamic.Inter
 	if err != nil {
 		t.Fatal(err)
 	}
+	manifest = bytes.ReplaceAll(manifest, []byte("__SD_URL__"), []byte(serveHTTPSD(t, ctx, "model")))
 	kubectl(t, ctx, manifest, "apply", "-f", "-")
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -220,6 +225,46 @@ func setupPrometheusAdapter(t *testing.T, ctx context.Context, dyn dynamic.Inter
 	waitReady(t, ctx, "monitoring", "app=prometheus", 1, 2*time.Minute)
 	waitReady(t, ctx, "monitoring", "app=prometheus-adapter", 1, 2*time.Minute)
 	waitAPIService(t, ctx, dyn, "v1beta2.custom.metrics.k8s.io", "monitoring", "prometheus-adapter")
+}
+
+// serveHTTPSD serves Prometheus HTTP service discovery on loopback for the
+// pods of namespace that carry prometheus.io/scrape=true: one target group
+// per pod at podIP:prometheus.io/port, labels namespace and pod (what
+// kubernetes_sd_configs with the usual relabelling produces).
+func serveHTTPSD(t *testing.T, ctx context.Context, namespace string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pods, err := env.client.CoreV1().Pods(namespace).List(r.Context(), metav1.ListOptions{})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		type group struct {
+			Targets []string          `json:"targets"`
+			Labels  map[string]string `json:"labels"`
+		}
+		groups := []group{}
+		for _, p := range pods.Items {
+			a := p.Annotations
+			if a["prometheus.io/scrape"] != "true" || p.Status.PodIP == "" || p.DeletionTimestamp != nil {
+				continue
+			}
+			labels := map[string]string{"namespace": p.Namespace, "pod": p.Name}
+			if path := a["prometheus.io/path"]; path != "" {
+				labels["__metrics_path__"] = path
+			}
+			groups = append(groups, group{Targets: []string{net.JoinHostPort(p.Status.PodIP, a["prometheus.io/port"])}, Labels: labels})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(groups)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + l.Addr().String() + "/sd"
 }
 
 // bodyLoad is openLoop with a fixed, pre-encoded body, so the load client's
