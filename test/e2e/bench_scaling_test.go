@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,14 +90,27 @@ func TestBenchScaling(t *testing.T) {
 		configs = append(configs, benchConfig{Key: "d", Name: "KEDA external-push (from zero)", Overlay: "local-keda",
 			HPA: "keda-hpa-iris-model-autoscale", FromZero: true})
 	}
-	body := benchBody()
+	// MLSCALE_BENCH_ONLY=a,d reruns some configurations; the others' results
+	// are kept from the last report.
+	only := os.Getenv("MLSCALE_BENCH_ONLY")
 	var results []benchResult
+	if only != "" {
+		if data, err := os.ReadFile(filepath.Join(out, "scaling.json")); err == nil {
+			_ = json.Unmarshal(data, &results)
+		}
+	}
+	body := benchBody()
 	for _, c := range configs {
+		if only != "" && !strings.Contains(","+only+",", ","+c.Key+",") {
+			continue
+		}
 		t.Run(c.Key, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 			defer cancel()
 			r := runBenchConfig(t, ctx, c, body)
+			results = slices.DeleteFunc(results, func(o benchResult) bool { return o.Key == r.Key })
 			results = append(results, r)
+			slices.SortFunc(results, func(x, y benchResult) int { return strings.Compare(x.Key, y.Key) })
 			t.Logf("%s: decided at %.1f s (%d replicas), Ready at %.1f s, max %d; %d requests, %d failed",
 				c.Name, r.DecideS, r.FirstReplicas, r.ReadyS, r.MaxReplicas, r.Sent, r.Failed)
 		})
@@ -125,6 +139,7 @@ func runBenchConfig(t *testing.T, ctx context.Context, c benchConfig, body []byt
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer func() { stopLoad(); load.wg.Wait() }()
 	if c.FromZero {
+		ensureKEDAMetricsAPI(t, ctx, dynamicClient(t))
 		waitScaledObjectReady(t, ctx, dynamicClient(t))
 		waitReplicas(t, ctx, func(r int32) bool { return r == 0 }, 3*time.Minute)
 		waitReady(t, ctx, "model", modelSelector, 0, time.Minute)

@@ -51,7 +51,7 @@ func TestKEDAScaleToZero(t *testing.T) {
 	dyn := dynamicClient(t)
 	waitReady(t, ctx, "keda", "app=keda-operator", 1, 3*time.Minute)
 	waitReady(t, ctx, "keda", "app=keda-metrics-apiserver", 1, 3*time.Minute)
-	waitAPIService(t, ctx, dyn, "v1beta1.external.metrics.k8s.io", "keda", "keda-metrics-apiserver")
+	ensureKEDAMetricsAPI(t, ctx, dyn)
 
 	deployOverlay(t, ctx, "local-keda")
 	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=scaler", 1, 2*time.Minute)
@@ -252,6 +252,17 @@ func setTriggerCA(t *testing.T, ctx context.Context, dyn dynamic.Interface, secr
 	if _, err := dyn.Resource(scaledObjects).Namespace("model").Patch(ctx, "iris-model-autoscale", types.MergePatchType, touch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ensureKEDAMetricsAPI gives external.metrics.k8s.io back to KEDA. Only one
+// server can own an API group, and the `local` overlay (other tests, other
+// benchmark configurations) registers mlscale's adapter for it and deletes
+// the APIService on cleanup: the clash the `keda` component avoids. So
+// KEDA's install is re-applied first, as a user would after that mistake.
+func ensureKEDAMetricsAPI(t *testing.T, ctx context.Context, dyn dynamic.Interface) {
+	t.Helper()
+	kubectl(t, ctx, nil, "apply", "--server-side", "--force-conflicts", "--field-manager=mlscale-localcluster", "-k", env.state+"/keda")
+	waitAPIService(t, ctx, dyn, "v1beta1.external.metrics.k8s.io", "keda", "keda-metrics-apiserver")
 }
 
 func condition(so *unstructured.Unstructured, typ string) map[string]any {
