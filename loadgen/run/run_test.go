@@ -31,7 +31,10 @@ func collect(t *testing.T, ctx context.Context, url string, p Plan, maxWorkers u
 }
 
 func TestClosedLoopAgainstModelServer(t *testing.T) {
-	var inflight loadgentest.InFlight
+	// Each request held 20 ms: three closed-loop clients must overlap (a
+	// fast machine answered 50 rows before the next client sent, and the
+	// server never saw two at once).
+	inflight := loadgentest.InFlight{Hold: 20 * time.Millisecond}
 	srv := loadgentest.ModelServer(t, inflight.Wrap)
 	task := scenario.Task{Name: "c", DataSize: 50, DataAmount: 120, ClientNum: 3}
 	got, err := collect(t, context.Background(), srv.URL+"/api/v1.0/predictions", plan(task, 4), 0)

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mlscale/mlscale/modelserver"
 	"github.com/mlscale/mlscale/modelserver/xgboost"
@@ -57,6 +58,9 @@ func DeadURL(t testing.TB) string {
 // InFlight counts concurrent requests and remembers the highest count.
 type InFlight struct {
 	cur, Max atomic.Int64
+	// Hold keeps each request in flight at least this long, so concurrent
+	// clients overlap whatever the machine's speed.
+	Hold time.Duration
 }
 
 // Wrap is a middleware for ModelServer.
@@ -69,6 +73,9 @@ func (f *InFlight) Wrap(h http.Handler) http.Handler {
 			if n <= m || f.Max.CompareAndSwap(m, n) {
 				break
 			}
+		}
+		if f.Hold > 0 {
+			time.Sleep(f.Hold)
 		}
 		h.ServeHTTP(w, r)
 	})
