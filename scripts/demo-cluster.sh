@@ -59,6 +59,14 @@ echo "deploying $OVERLAY (SCALING=$SCALING)"
 "$KUBECTL" apply -k "$OVERLAY" >"$OUT/apply.log"
 "$KUBECTL" -n mlscale rollout status deployment/mlscale-adapter --timeout=180s
 "$KUBECTL" -n model rollout status deployment/iris-model-autoscale --timeout=180s
+if [ "$SCALING" = keda ]; then
+  # Start from zero, so the chart shows the first request waking the model.
+  echo "waiting for KEDA to scale the idle model to zero"
+  for _ in $(seq 120); do
+    [ "$("$KUBECTL" -n model get deployment iris-model-autoscale -o jsonpath='{.spec.replicas}')" = 0 ] && break
+    sleep 1
+  done
+fi
 
 rc=0
 "$BIN/loadgen" --url "http://$GATEWAY" --namespace model --deployment iris-model-autoscale \
