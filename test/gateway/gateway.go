@@ -221,15 +221,18 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	g.mu.Lock()
 	st := g.serviceLocked(ns + "/" + svc)
+	ready := st.ready
 	g.mu.Unlock()
 	code := http.StatusBadRequest
 	body, replayable, err := readBody(r)
 	if err != nil {
 		http.Error(w, err.Error(), code)
-	} else if code = g.hold(w, r, ns, svc, st); code == 0 {
+	} else if eps, held := g.hold(w, r, ns, svc, st, ready); held == 0 {
 		st.inflight.Add(1)
-		code = g.forward(w, r, ns, svc, rest, body, replayable)
+		code = g.forward(w, r, ns, svc, rest, body, replayable, eps)
 		st.inflight.Add(-1)
+	} else {
+		code = held
 	}
 	g.requests.WithLabelValues(ns, svc, strconv.Itoa(code)).Inc()
 	g.duration.WithLabelValues(ns, svc).Observe(time.Since(start).Seconds())
@@ -269,14 +272,19 @@ func readBody(r *http.Request) (body []byte, replayable bool, err error) {
 	return data, true, nil
 }
 
-func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, ns, svc, rest string, body []byte, replayable bool) int {
+// forward offers the request to up to Tries endpoints. eps are the
+// endpoints hold just looked up (nil: look them up); later attempts look
+// again, as endpoints may have changed meanwhile.
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, ns, svc, rest string, body []byte, replayable bool, eps []string) int {
 	tried := map[string]bool{}
 	var lastErr error
 	for attempt := 0; attempt < g.Tries; attempt++ {
-		eps, err := g.Endpoints(ns, svc)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return http.StatusInternalServerError
+		if attempt > 0 || eps == nil {
+			var err error
+			if eps, err = g.Endpoints(ns, svc); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return http.StatusInternalServerError
+			}
 		}
 		ep, inflight := g.pick(eps, tried)
 		if ep == "" {

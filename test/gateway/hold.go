@@ -102,18 +102,15 @@ func (g *Gateway) notify(obj any) {
 	}
 }
 
-// hold waits until ns/svc has a ready endpoint, for at most HoldTimeout. It
-// returns 0 when the request may be forwarded, or else the status it
-// answered the client with.
-func (g *Gateway) hold(w http.ResponseWriter, r *http.Request, ns, svc string, st *service) int {
+// hold waits until ns/svc has a ready endpoint, for at most HoldTimeout.
+// ready is the service's broadcast channel, taken before the endpoints are
+// looked at: an endpoint that appears after the look closes it. hold returns
+// the endpoints it found and 0 when the request may be forwarded, or else
+// the status it answered the client with.
+func (g *Gateway) hold(w http.ResponseWriter, r *http.Request, ns, svc string, st *service, ready chan struct{}) ([]string, int) {
 	key := ns + "/" + svc
-	g.mu.Lock()
-	ready := st.ready
-	g.mu.Unlock()
-	// The channel is taken before looking: an endpoint that appears after
-	// the look closes it.
 	if eps, err := g.Endpoints(ns, svc); err != nil || len(eps) > 0 || g.HoldTimeout <= 0 {
-		return 0
+		return eps, 0
 	}
 	g.mu.Lock()
 	if st.held >= g.HoldMax {
@@ -121,14 +118,14 @@ func (g *Gateway) hold(w http.ResponseWriter, r *http.Request, ns, svc string, s
 		g.mu.Unlock()
 		g.hm.outcomes.WithLabelValues(ns, svc, outcomeFull).Inc()
 		http.Error(w, fmt.Sprintf("hold queue for %s is full (%d waiting): no ready endpoint yet", key, n), http.StatusServiceUnavailable)
-		return http.StatusServiceUnavailable
+		return nil, http.StatusServiceUnavailable
 	}
 	st.held++
 	g.mu.Unlock()
 	gauge := g.hm.held.WithLabelValues(ns, svc)
 	gauge.Inc()
 	start := time.Now()
-	outcome := g.wait(r.Context(), ns, svc, st, ready)
+	outcome, eps := g.wait(r.Context(), ns, svc, st, ready)
 	g.mu.Lock()
 	st.held--
 	g.mu.Unlock()
@@ -138,31 +135,32 @@ func (g *Gateway) hold(w http.ResponseWriter, r *http.Request, ns, svc string, s
 	switch outcome {
 	case outcomeTimeout:
 		http.Error(w, fmt.Sprintf("no ready endpoint for service %s after holding %s", key, seconds(g.HoldTimeout)), http.StatusServiceUnavailable)
-		return http.StatusServiceUnavailable
+		return nil, http.StatusServiceUnavailable
 	case outcomeCancelled:
-		return statusClientClosed
+		return nil, statusClientClosed
 	}
-	return 0
+	return eps, 0
 }
 
 // wait blocks on the service's broadcast channel until an endpoint is ready,
-// the hold times out or the client goes away.
-func (g *Gateway) wait(ctx context.Context, ns, svc string, st *service, ready chan struct{}) string {
+// the hold times out or the client goes away; released, it returns the
+// endpoints it saw.
+func (g *Gateway) wait(ctx context.Context, ns, svc string, st *service, ready chan struct{}) (string, []string) {
 	timer := time.NewTimer(g.HoldTimeout)
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return outcomeCancelled
+			return outcomeCancelled, nil
 		case <-timer.C:
-			return outcomeTimeout
+			return outcomeTimeout, nil
 		case <-ready:
 		}
 		g.mu.Lock()
 		ready = st.ready
 		g.mu.Unlock()
 		if eps, err := g.Endpoints(ns, svc); err == nil && len(eps) > 0 {
-			return outcomeReleased
+			return outcomeReleased, eps
 		}
 	}
 }
