@@ -7,15 +7,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,12 +132,15 @@ func runBenchConfig(t *testing.T, ctx context.Context, c benchConfig, body []byt
 		c.setup(t, ctx)
 	}
 	const path = "/seldon/model/iris-model-autoscale/api/v1.0/predictions"
-	load := &bodyLoad{body: body, path: path}
+	// A fixed, pre-encoded body keeps the load client's own CPU small next
+	// to the model server's.
+	load := &openLoop{}
+	send := func(ctx context.Context) error { _, err := post(ctx, path, body); return err }
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer func() { stopLoad(); load.wg.Wait() }()
 	if c.FromZero {
 		ensureKEDAMetricsAPI(t, ctx, dynamicClient(t))
-		waitScaledObjectReady(t, ctx, dynamicClient(t))
+		waitScaledObjectTrue(t, ctx, dynamicClient(t), "Ready", 2*time.Minute)
 		waitReplicas(t, ctx, func(r int32) bool { return r == 0 }, 3*time.Minute)
 		waitReady(t, ctx, "model", modelSelector, 0, time.Minute)
 	} else {
@@ -149,7 +149,7 @@ func runBenchConfig(t *testing.T, ctx context.Context, c benchConfig, body []byt
 		// A steady baseline until the HPA computes from live metrics, so
 		// every configuration starts from the same state.
 		load.rate.Store(benchBaseline)
-		load.run(loadCtx)
+		load.run(loadCtx, send)
 		waitScalingActive(t, ctx, c.HPA, 5*time.Minute)
 		time.Sleep(20 * time.Second)
 		if r := waitReplicas(t, ctx, func(int32) bool { return true }, time.Second); r != 1 {
@@ -164,7 +164,7 @@ func runBenchConfig(t *testing.T, ctx context.Context, c benchConfig, body []byt
 	}
 	load.rate.Store(benchStep)
 	if c.FromZero {
-		load.run(loadCtx)
+		load.run(loadCtx, send)
 	}
 	res.Curve = append(res.Curve, chart.Step{T: -5, Replicas: float64(start)})
 	res.DecideS, res.ReadyS = -1, -1
@@ -282,72 +282,6 @@ func serveHTTPSD(t *testing.T, ctx context.Context, namespace string) string {
 	return "http://" + l.Addr().String() + "/sd"
 }
 
-// bodyLoad is openLoop with a fixed, pre-encoded body, so the load client's
-// own CPU stays small next to the model server's.
-type bodyLoad struct {
-	body         []byte
-	path         string
-	rate         atomic.Int64
-	sent, failed atomic.Int64
-	firstErr     atomic.Value
-	wg           sync.WaitGroup
-	once         sync.Once
-	first        atomic.Int64 // nanoseconds of the first request
-}
-
-func (l *bodyLoad) firstLatency() float64 { return time.Duration(l.first.Load()).Seconds() }
-
-func (l *bodyLoad) run(ctx context.Context) {
-	l.wg.Add(1)
-	go func() {
-		defer l.wg.Done()
-		next := time.Now()
-		for ctx.Err() == nil {
-			next = next.Add(time.Second / time.Duration(l.rate.Load()))
-			if d := time.Until(next); d > 0 {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(d):
-				}
-			}
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
-				start := time.Now()
-				err := l.post(ctx)
-				if ctx.Err() != nil {
-					return
-				}
-				l.once.Do(func() { l.first.Store(int64(time.Since(start))) })
-				l.sent.Add(1)
-				if err != nil {
-					l.failed.Add(1)
-					l.firstErr.CompareAndSwap(nil, err.Error())
-				}
-			}()
-		}
-	}()
-}
-
-func (l *bodyLoad) post(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, gatewayURL+l.path, bytes.NewReader(l.body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %.200s", resp.Status, data)
-	}
-	return nil
-}
-
 func writeBenchReport(t *testing.T, out string, results []benchResult) {
 	var md strings.Builder
 	fmt.Fprintf(&md, "# bench-scaling: %s\n\nLoad step at t=0: %d -> %d requests/s of %d-row predictions (open loop, through the gateway). HPA sync period: Kubernetes' default (15 s).\n\n",
@@ -412,14 +346,4 @@ func verdict(ok bool) string {
 		return "met"
 	}
 	return "NOT met"
-}
-
-func waitNamespaceGone(t *testing.T, ctx context.Context, ns string) {
-	for ctx.Err() == nil {
-		if _, err := env.client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
-			return
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	t.Errorf("namespace %s still there after its deletion", ns)
 }

@@ -40,17 +40,18 @@ func deployOverlay(t *testing.T, ctx context.Context, name string) {
 		defer cancel()
 		kubectl(t, cctx, yaml, "delete", "--ignore-not-found", "--wait=false", "-f", "-")
 		for _, ns := range namespaces {
-			for {
-				_, err := env.client.CoreV1().Namespaces().Get(cctx, ns, metav1.GetOptions{})
-				if apierrors.IsNotFound(err) {
-					break
-				}
-				if cctx.Err() != nil {
-					t.Errorf("namespace %s still there 3 minutes after its deletion", ns)
-					return
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
+			waitNamespaceGone(t, cctx, ns)
 		}
 	})
+}
+
+// waitNamespaceGone waits (within ctx) for a deleted namespace to be gone.
+func waitNamespaceGone(t *testing.T, ctx context.Context, ns string) {
+	for ctx.Err() == nil {
+		if _, err := env.client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Errorf("namespace %s still there after its deletion", ns)
 }

@@ -55,7 +55,7 @@ func TestKEDAScaleToZero(t *testing.T) {
 
 	deployOverlay(t, ctx, "local-keda")
 	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=scaler", 1, 2*time.Minute)
-	waitScaledObjectReady(t, ctx, dyn)
+	waitScaledObjectTrue(t, ctx, dyn, "Ready", 2*time.Minute)
 
 	// Idle: KEDA takes it to zero after the cooldown.
 	start := time.Now()
@@ -80,7 +80,7 @@ func TestKEDAScaleToZero(t *testing.T) {
 	load.rate.Store(20)
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
-	load.run(loadCtx, path)
+	load.run(loadCtx, onePrediction(path))
 	got := waitReplicas(t, ctx, func(r int32) bool { return r >= 4 && r <= 6 }, 3*time.Minute)
 	waitReady(t, ctx, "model", modelSelector, int(got), 2*time.Minute)
 	t.Logf("20/s: KEDA's HPA scaled out to %d replicas (formula: 5)", got)
@@ -141,28 +141,11 @@ func kedaScalerKilled(t *testing.T, ctx context.Context, dyn dynamic.Interface, 
 	setReplicas(t, ctx, "mlscale", "mlscale-scaler", 1)
 	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=scaler", 1, 2*time.Minute)
 	back := time.Now()
-	waitScaledObjectHPAActive(t, ctx, dyn, 3*time.Minute)
+	waitScaledObjectTrue(t, ctx, dyn, "HPAActive", 3*time.Minute)
 	t.Logf("scaler back: KEDA reads the metric again after %s", time.Since(back).Round(time.Second))
 	if n := load.failed.Load() - failed0; n != 0 {
 		t.Errorf("%d requests failed while the scaler was down", n)
 	}
-}
-
-func waitScaledObjectHPAActive(t *testing.T, ctx context.Context, dyn dynamic.Interface, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last map[string]any
-	for time.Now().Before(deadline) {
-		so, err := dyn.Resource(scaledObjects).Namespace("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
-		if err == nil {
-			last = condition(so, "HPAActive")
-			if last != nil && last["status"] == "True" {
-				return
-			}
-		}
-		time.Sleep(time.Second)
-	}
-	t.Fatalf("ScaledObject's HPA not reading metrics again within %s: %v", timeout, last)
 }
 
 // kedaBadTLS: the TriggerAuthentication names a CA that did not sign the
@@ -230,7 +213,7 @@ func kedaBadTLS(t *testing.T, ctx context.Context, dyn dynamic.Interface, load *
 	}
 	// Put the right CA back; KEDA reads the metric again.
 	setTriggerCA(t, ctx, dyn, "mlscale-keda-client", 5)
-	waitScaledObjectHPAActive(t, ctx, dyn, 3*time.Minute)
+	waitScaledObjectTrue(t, ctx, dyn, "HPAActive", 3*time.Minute)
 	if n := load.failed.Load() - failed0; n != 0 {
 		t.Errorf("%d requests failed while the trigger's TLS was broken", n)
 	}
@@ -276,21 +259,23 @@ func condition(so *unstructured.Unstructured, typ string) map[string]any {
 	return nil
 }
 
-func waitScaledObjectReady(t *testing.T, ctx context.Context, dyn dynamic.Interface) {
+// waitScaledObjectTrue waits for the ScaledObject's condition typ (Ready,
+// HPAActive, ...) to be True.
+func waitScaledObjectTrue(t *testing.T, ctx context.Context, dyn dynamic.Interface, typ string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(timeout)
 	var last map[string]any
 	for time.Now().Before(deadline) {
 		so, err := dyn.Resource(scaledObjects).Namespace("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
 		if err == nil {
-			last = condition(so, "Ready")
+			last = condition(so, typ)
 			if last != nil && last["status"] == "True" {
 				return
 			}
 		}
 		time.Sleep(time.Second)
 	}
-	t.Fatalf("ScaledObject model/iris-model-autoscale not Ready in 2 minutes: %v", last)
+	t.Fatalf("ScaledObject model/iris-model-autoscale not %s within %s: %v", typ, timeout, last)
 }
 
 func waitAPIService(t *testing.T, ctx context.Context, dyn dynamic.Interface, name, ns, svc string) {

@@ -16,13 +16,15 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// openLoop sends one-row predictions through the gateway at rate per second
-// (open loop: a slow answer does not slow the sender) until ctx ends.
+// openLoop sends requests through the gateway at rate per second (open
+// loop: a slow answer does not slow the sender) until ctx ends.
 type openLoop struct {
 	rate         atomic.Int64
 	sent, failed atomic.Int64
 	firstErr     atomic.Value
 	wg           sync.WaitGroup
+	once         sync.Once
+	first        atomic.Int64 // latency of the first request, ns
 
 	mu       sync.Mutex
 	failures []time.Time
@@ -41,14 +43,25 @@ func (l *openLoop) failedBetween(from, to time.Time) int {
 	return n
 }
 
-func (l *openLoop) run(ctx context.Context, path string) {
+// firstLatency is the seconds the first request that ended took.
+func (l *openLoop) firstLatency() float64 { return time.Duration(l.first.Load()).Seconds() }
+
+// onePrediction sends a one-row Seldon prediction to path.
+func onePrediction(path string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		_, err := predict(ctx, path, []float64{5.1, 3.5, 1.4, 0.2})
+		return err
+	}
+}
+
+// run sends with send at the current rate until ctx ends.
+func (l *openLoop) run(ctx context.Context, send func(context.Context) error) {
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
 		next := time.Now()
 		for ctx.Err() == nil {
-			r := l.rate.Load()
-			next = next.Add(time.Second / time.Duration(r))
+			next = next.Add(time.Second / time.Duration(l.rate.Load()))
 			if d := time.Until(next); d > 0 {
 				select {
 				case <-ctx.Done():
@@ -59,10 +72,12 @@ func (l *openLoop) run(ctx context.Context, path string) {
 			l.wg.Add(1)
 			go func() {
 				defer l.wg.Done()
-				_, err := predict(ctx, path, []float64{5.1, 3.5, 1.4, 0.2})
+				start := time.Now()
+				err := send(ctx)
 				if ctx.Err() != nil {
 					return
 				}
+				l.once.Do(func() { l.first.Store(int64(time.Since(start))) })
 				l.sent.Add(1)
 				if err != nil {
 					l.failed.Add(1)
@@ -102,7 +117,7 @@ func TestRequestsPerSecondHPA(t *testing.T) {
 	load.rate.Store(20)
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
-	load.run(loadCtx, path)
+	load.run(loadCtx, onePrediction(path))
 
 	// Case 1: the custom metrics API through the aggregator agrees with the
 	// load within 10%, summed over the pods.

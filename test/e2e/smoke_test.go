@@ -67,6 +67,26 @@ func waitReady(t *testing.T, ctx context.Context, ns, selector string, n int, ti
 	}
 }
 
+// post sends a JSON body through the gateway and returns the answer of a
+// 200, or an error naming any other status.
+func post(ctx context.Context, path string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, gatewayURL+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", resp.Status, data)
+	}
+	return data, nil
+}
+
 // predictRows sends a batch and checks only that it was answered.
 func predictRows(ctx context.Context, path string, rows [][]float64) error {
 	_, err := predictBatch(ctx, path, rows)
@@ -84,19 +104,9 @@ func predict(ctx context.Context, path string, row []float64) ([]float64, error)
 
 func predictBatch(ctx context.Context, path string, rows [][]float64) ([][]float64, error) {
 	body, _ := json.Marshal(map[string]any{"data": map[string]any{"ndarray": rows}})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, gatewayURL+path, bytes.NewReader(body))
+	data, err := post(ctx, path, body)
 	if err != nil {
 		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s: %s", resp.Status, data)
 	}
 	var out struct {
 		Data struct {
