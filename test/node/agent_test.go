@@ -69,6 +69,10 @@ func testContainer() {
 }
 
 func init() {
+	// Containers run through the container helper (this binary
+	// re-executed, with the container's environment): the helper goes
+	// first, or it would itself become the test container below.
+	MaybeRunHelper()
 	if os.Getenv("MLSCALE_TEST_CONTAINER") == "1" {
 		testContainer()
 	}

@@ -15,6 +15,15 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// helperCommand runs the container helper (this test binary re-executed) on
+// spec in a new mount namespace, as the agent starts containers.
+func helperCommand(spec []byte) *exec.Cmd {
+	self, _ := os.Executable()
+	cmd := exec.Command(self, helperArg, string(spec))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
+	return cmd
+}
+
 // The helper mounts a volume where the container expects it, read-only when
 // asked, and the host does not see the mount.
 func TestHelperMountsPrivately(t *testing.T) {
@@ -35,10 +44,7 @@ func TestHelperMountsPrivately(t *testing.T) {
 		Path:   sh,
 		Args:   []string{"-c", "cat " + target + "/token; echo; touch " + target + "/x 2>/dev/null && echo writable || echo read-only"},
 	})
-	self, _ := os.Executable()
-	cmd := exec.Command(self, helperArg, string(spec))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
-	out, err := cmd.CombinedOutput()
+	out, err := helperCommand(spec).CombinedOutput()
 	if err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)
 	}
@@ -55,10 +61,7 @@ func TestHelperReportsBadSource(t *testing.T) {
 		t.Skip("mount namespaces need root")
 	}
 	spec, _ := json.Marshal(execSpec{Mounts: []Mount{{Source: "/nonexistent/volume", Target: t.TempDir() + "/m"}}, Path: "/bin/true"})
-	self, _ := os.Executable()
-	cmd := exec.Command(self, helperArg, string(spec))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
-	out, err := cmd.CombinedOutput()
+	out, err := helperCommand(spec).CombinedOutput()
 	if err == nil {
 		t.Fatalf("helper succeeded with a missing volume: %s", out)
 	}
@@ -105,10 +108,7 @@ func TestHelperMountOverSources(t *testing.T) {
 		Path: prog,
 		Args: []string{"-c", "cat " + base + "/secrets/token; echo; test -e " + state + " && echo state-visible || echo state-hidden"},
 	})
-	self, _ := os.Executable()
-	cmd := exec.Command(self, helperArg, string(spec))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
-	out, err := cmd.CombinedOutput()
+	out, err := helperCommand(spec).CombinedOutput()
 	if err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)
 	}

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,14 +22,6 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
-
-// Every pod's containers now run through the container helper (as root),
-// and the helper is this test binary re-executed with the container's
-// environment: agent_test.go's init would turn the helper itself into the
-// test container (MLSCALE_TEST_CONTAINER=1) before TestMain runs it.
-// Package-level variables are initialised before any init function, so
-// the helper runs first.
-var _ = func() bool { MaybeRunHelper(); return true }()
 
 func svc(ns, name string, ips ...string) *corev1.Service {
 	s := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
@@ -219,9 +210,7 @@ func TestHostsFileInsideNamespace(t *testing.T) {
 		Args: []string{"-c", "cat /etc/resolv.conf; " + lookup + "; echo ---; read x; " + lookup +
 			"; echo ---; (echo x >> /etc/hosts) 2>/dev/null && echo writable || echo read-only"},
 	})
-	self, _ := os.Executable()
-	cmd := exec.Command(self, helperArg, string(spec))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
+	cmd := helperCommand(spec)
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
