@@ -105,6 +105,23 @@ bench-server: ## Model server end to end on loopback (4 clients; 1, 500, 10,000 
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/modelserver ./cmd/modelserver
 	$(GO) run ./modelserver/internal/serverbench -bin $(BIN)/modelserver -model modelserver/xgboost/testdata/iris.json -out results/bench/server.md
 
+# make proto: protoc from Debian's protobuf-compiler; the Go plugins from the
+# module proxy, protoc-gen-go at go.mod's google.golang.org/protobuf version
+# (protoc-gen-go-grpc is versioned apart from grpc-go; v1.6.2's output needs
+# grpc >= 1.64, go.mod has 1.85). The generated code is committed, so
+# building and testing need neither.
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+PROTOS := api/seldon/prediction.proto api/tensorflow/tensor.proto api/inference/grpc_predict_v2.proto
+.PHONY: proto
+proto: ## Regenerate the gRPC code in api/ from its .proto files (Seldon v1, Open Inference Protocol v2).
+	@command -v protoc >/dev/null || { echo "installing protobuf-compiler (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; }
+	@mkdir -p $(BIN)/tools
+	GOBIN=$(abspath $(BIN))/tools $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$($(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
+	GOBIN=$(abspath $(BIN))/tools $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(abspath $(BIN))/tools:$$PATH protoc -I api --go_out=. --go_opt=module=github.com/mlscale/mlscale \
+	  --go-grpc_out=. --go-grpc_opt=module=github.com/mlscale/mlscale $(PROTOS)
+
 .PHONY: lint
 lint: ## gofmt and go vet.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
