@@ -26,7 +26,7 @@ build: ## Build every binary into ./bin (static, CGO_ENABLED=0).
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./cmd/...
 
 .PHONY: test
-test: ## Run the unit and integration tests, then each fuzz target briefly.
+test: deps-helm ## Run the unit and integration tests, then each fuzz target briefly.
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 	@$(MAKE) --no-print-directory fuzz
@@ -138,6 +138,19 @@ deps-prometheus: ## Install Debian's Prometheus (bench-scaling's configuration (
 	@command -v prometheus >/dev/null || { \
 	  echo "installing prometheus (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+# Helm for the chart's tests (charts/): built from the Go module proxy into
+# the cache, not added to go.mod (its Kubernetes modules would pin ours). The
+# version check reads the binary's module version (`helm version` says v3.22).
+HELM_VERSION := v3.22.0
+MLSCALE_CACHE ?= $(HOME)/.cache/mlscale
+export MLSCALE_HELM ?= $(MLSCALE_CACHE)/bin/helm
+.PHONY: deps-helm
+deps-helm: ## Build helm $(HELM_VERSION) into $(MLSCALE_CACHE)/bin (skipped when that version is there).
+	@if [ "$$($(GO) version -m $(MLSCALE_HELM) 2>/dev/null | awk '$$1 == "mod" {print $$3}')" != "$(HELM_VERSION)" ]; then \
+	  echo "building helm $(HELM_VERSION) into $(dir $(MLSCALE_HELM)) (go install)"; \
+	  GOBIN=$(abspath $(dir $(MLSCALE_HELM))) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	fi
 
 .PHONY: bench-scaling
 bench-scaling: build certs deps-prometheus ## How fast each autoscaler reacts to the same load step on the local cluster (root; ~20 min): results/bench/scaling.{md,json,png}.
