@@ -2,6 +2,7 @@ package modelserver
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"strconv"
 
@@ -28,18 +29,138 @@ type dataForm uint8
 const (
 	formNDArray dataForm = iota
 	formTensor
+	formTFTensor // gRPC only: TensorFlow's TensorProto
 )
+
+// seldonRequest is what the decoder keeps of a Seldon request besides the
+// features: the data form to answer in and the meta fields Seldon's python
+// wrapper echoes back (values point into the parser; nil when absent).
+type seldonRequest struct {
+	form                             dataForm
+	puid, tags, metrics, requestPath *fastjson.Value
+}
+
+// seldonMetaFields are the request meta fields the python wrapper copies
+// into its answer's meta, with the JSON type each must have.
+var seldonMetaFields = [...]struct {
+	key string
+	typ fastjson.Type
+}{{"tags", fastjson.TypeObject}, {"metrics", fastjson.TypeArray}, {"puid", fastjson.TypeString}, {"requestPath", fastjson.TypeObject}}
+
+// decodeSeldonMeta reads the request's meta fields that are echoed.
+func decodeSeldonMeta(root *fastjson.Value, req *seldonRequest) error {
+	meta := root.Get("meta")
+	if meta == nil || meta.Type() == fastjson.TypeNull {
+		return nil
+	}
+	if meta.Type() != fastjson.TypeObject {
+		return badRequest("meta must be an object, got %s", meta.Type())
+	}
+	dst := [...]**fastjson.Value{&req.tags, &req.metrics, &req.puid, &req.requestPath}
+	for i, f := range seldonMetaFields {
+		v := meta.Get(f.key)
+		if v == nil || v.Type() == fastjson.TypeNull {
+			continue
+		}
+		if v.Type() != f.typ {
+			return badRequest("meta.%s must be %s, got %s", f.key, typeName(f.typ), describe(v))
+		}
+		*dst[i] = v
+	}
+	return nil
+}
+
+func typeName(t fastjson.Type) string {
+	switch t {
+	case fastjson.TypeObject:
+		return "an object"
+	case fastjson.TypeArray:
+		return "an array"
+	case fastjson.TypeString:
+		return "a string"
+	}
+	return t.String()
+}
+
+// appendSeldonMeta writes the answer's "meta" object as the python wrapper
+// builds it: the request's tags, metrics, puid and requestPath.
+func appendSeldonMeta(b []byte, req *seldonRequest) []byte {
+	b = append(b, `"meta":{`...)
+	n := 0
+	for i, v := range [...]*fastjson.Value{req.tags, req.metrics, req.puid, req.requestPath} {
+		if v == nil {
+			continue
+		}
+		if n > 0 {
+			b = append(b, ',')
+		}
+		n++
+		b = append(b, '"')
+		b = append(b, seldonMetaFields[i].key...)
+		b = append(b, `":`...)
+		b = appendJSONValue(b, v)
+	}
+	return append(b, '}')
+}
+
+// appendJSONValue writes v back as JSON. fastjson, like Python's json,
+// reads NaN and Infinity as numbers, which JSON cannot carry: they are
+// written as null.
+func appendJSONValue(b []byte, v *fastjson.Value) []byte {
+	switch v.Type() {
+	case fastjson.TypeObject:
+		o, _ := v.Object()
+		b = append(b, '{')
+		n := 0
+		o.Visit(func(k []byte, e *fastjson.Value) {
+			if n > 0 {
+				b = append(b, ',')
+			}
+			n++
+			b = appendJSONString(b, string(k))
+			b = append(b, ':')
+			b = appendJSONValue(b, e)
+		})
+		return append(b, '}')
+	case fastjson.TypeArray:
+		arr, _ := v.Array()
+		b = append(b, '[')
+		for i, e := range arr {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONValue(b, e)
+		}
+		return append(b, ']')
+	case fastjson.TypeNumber:
+		f, err := v.Float64()
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			return append(b, "null"...)
+		}
+	}
+	return v.MarshalTo(b)
+}
 
 // decodeSeldon parses a Seldon v1 SeldonMessage with data.ndarray or
 // data.tensor into x (row-major, nf values per row), reusing x's storage.
-func decodeSeldon(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float32, int, dataForm, error) {
+func decodeSeldon(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float32, int, seldonRequest, error) {
+	var req seldonRequest
 	root, err := p.ParseBytes(body)
 	if err != nil {
-		return x, 0, 0, badRequest("malformed JSON: %v", err)
+		return x, 0, req, badRequest("malformed JSON: %v", err)
 	}
 	if root.Type() != fastjson.TypeObject {
-		return x, 0, 0, badRequest("request must be a JSON object with a \"data\" field, got %s", root.Type())
+		return x, 0, req, badRequest("request must be a JSON object with a \"data\" field, got %s", root.Type())
 	}
+	if err := decodeSeldonMeta(root, &req); err != nil {
+		return x, 0, req, err
+	}
+	x, rows, form, err := decodeSeldonData(root, len(body), nf, x)
+	req.form = form
+	return x, rows, req, err
+}
+
+func decodeSeldonData(root *fastjson.Value, bodyLen, nf int, x []float32) ([]float32, int, dataForm, error) {
 	data := root.Get("data")
 	if data == nil {
 		for _, k := range []string{"jsonData", "strData", "binData"} {
@@ -74,7 +195,7 @@ func decodeSeldon(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float
 		x, rows, err := decodeRows(nd, "data.ndarray", nf, x)
 		return x, rows, formNDArray, err
 	case tn != nil:
-		x, rows, err := decodeTensor(tn, nf, len(body), x)
+		x, rows, err := decodeTensor(tn, nf, bodyLen, x)
 		return x, rows, formTensor, err
 	}
 	return x, 0, 0, badRequest("data has no ndarray or tensor: send {\"data\": {\"ndarray\": [[...%d features...], ...]}}", nf)
@@ -141,10 +262,13 @@ func decodeTensor(v *fastjson.Value, nf, bodyLen int, x []float32) ([]float32, i
 	return x, shape, nil
 }
 
-// readShape checks a [rows, nf] shape and returns rows. A body of n bytes
-// holds at most n/2+1 numbers, so larger shapes are rejected before
-// anything is allocated for them (and rows*nf cannot overflow).
+// readShape reads a JSON [rows, nf] shape and returns rows. A body of n
+// bytes holds at most n/2+1 numbers, which bounds rows.
 func readShape(v *fastjson.Value, what string, nf, bodyLen int) (int, error) {
+	return readShapeMax(v, what, nf, (bodyLen/2+1)/nf, "a %d-byte request can hold", bodyLen)
+}
+
+func readShapeMax(v *fastjson.Value, what string, nf, maxRows int, limitFmt string, limitArg int) (int, error) {
 	if v == nil {
 		return 0, badRequest("%s is missing: want [rows, %d]", what, nf)
 	}
@@ -152,43 +276,33 @@ func readShape(v *fastjson.Value, what string, nf, bodyLen int) (int, error) {
 	if err != nil || len(dims) != 2 {
 		return 0, badRequest("%s must be [rows, %d], got %s", what, nf, describe(v))
 	}
-	var d [2]int
+	var d [2]int64
 	for i, e := range dims {
-		n, err := e.Int()
+		n, err := e.Int64()
 		if err != nil || n < 0 {
 			return 0, badRequest("%s must be [rows, %d] with non-negative integers, got %s", what, nf, describe(v))
 		}
 		d[i] = n
 	}
-	if d[1] != nf {
-		return 0, badRequest("%s is [%d, %d]; the model takes %d features per row", what, d[0], d[1], nf)
-	}
-	if d[0] == 0 {
-		return 0, badRequest("%s has 0 rows: send at least one row", what)
-	}
-	if d[0] > (bodyLen/2+1)/nf {
-		return 0, badRequest("%s is [%d, %d], more values than a %d-byte request can hold", what, d[0], d[1], bodyLen)
-	}
-	return d[0], nil
-}
-
-// v2Datatypes are the Open Inference Protocol tensor types this model can
-// take: all become float32 features, as XGBoost would make them.
-var v2Datatypes = map[string]bool{
-	"FP16": true, "FP32": true, "FP64": true,
-	"INT8": true, "INT16": true, "INT32": true, "INT64": true,
-	"UINT8": true, "UINT16": true, "UINT32": true, "UINT64": true,
+	return checkShape(d[0], d[1], what, nf, maxRows, limitFmt, limitArg)
 }
 
 // v2Request is what the decoder keeps of an inference request besides
 // the features.
 type v2Request struct {
 	id []byte // request id to echo, nil if none (points into the parser)
+	// binaryOut asks for the output as binary data after the JSON (the
+	// binary tensor extension: parameters.binary_data_output, or the
+	// output's parameters.binary_data).
+	binaryOut bool
 }
 
 // decodeV2 parses an Open Inference Protocol inference request with one
-// input tensor of shape [rows, nf]; data may be flat or nested row-major.
-func decodeV2(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float32, int, v2Request, error) {
+// input tensor of shape [rows, nf]; data may be flat or nested row-major
+// JSON, or, with the binary tensor extension, raw little-endian bytes in
+// binary (the body after the Inference-Header-Content-Length JSON header;
+// nil when the request has no such header).
+func decodeV2(p *fastjson.Parser, body, binary []byte, nf int, x []float32) ([]float32, int, v2Request, error) {
 	var req v2Request
 	root, err := p.ParseBytes(body)
 	if err != nil {
@@ -203,6 +317,12 @@ func decodeV2(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float32, 
 			return x, 0, req, badRequest("id must be a string, got %s", id.Type())
 		}
 		req.id = b
+	}
+	if req.binaryOut, err = boolParam(root.Get("parameters"), "binary_data_output", "parameters"); err != nil {
+		return x, 0, req, err
+	}
+	if err := decodeV2Outputs(root.Get("outputs"), &req); err != nil {
+		return x, 0, req, err
 	}
 	iv := root.Get("inputs")
 	if iv == nil {
@@ -228,11 +348,21 @@ func decodeV2(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float32, 
 		return x, 0, req, badRequest("inputs[0].datatype is missing (FP32, FP64 or an INT type)")
 	}
 	dtb, err := dt.StringBytes()
-	if err != nil || !v2Datatypes[string(dtb)] {
+	t, ok := v2Datatypes[string(dtb)]
+	if err != nil || !ok {
 		return x, 0, req, badRequest("inputs[0].datatype %s is not supported: use FP32, FP64 or an INT/UINT type", describe(dt))
 	}
-	integer := dtb[0] == 'I' || dtb[0] == 'U'
-	unsigned := dtb[0] == 'U'
+
+	size, hasSize, err := intParam(in.Get("parameters"), "binary_data_size", "inputs[0].parameters")
+	if err != nil {
+		return x, 0, req, err
+	}
+	if hasSize {
+		return decodeV2Binary(in, string(dtb), t, size, binary, nf, x, req)
+	}
+	if len(binary) > 0 {
+		return x, 0, req, badRequest("the request has %d bytes of binary data after its JSON header, but inputs[0] has no parameters.binary_data_size", len(binary))
+	}
 	rows, err := readShape(in.Get("shape"), "inputs[0].shape", nf, len(body))
 	if err != nil {
 		return x, 0, req, err
@@ -246,7 +376,7 @@ func decodeV2(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float32, 
 	}
 	want := rows * nf
 	x = grow(x, want)
-	f := flattener{x: x, integer: integer, unsigned: unsigned}
+	f := flattener{x: x, integer: t.integer, unsigned: t.unsigned}
 	if err := f.walk(dv, 0); err != nil {
 		return x, 0, req, err
 	}
@@ -254,6 +384,96 @@ func decodeV2(p *fastjson.Parser, body []byte, nf int, x []float32) ([]float32, 
 		return x, 0, req, badRequest("inputs[0].data has %d values; shape [%d, %d] needs %d", f.n, rows, nf, want)
 	}
 	return x, rows, req, nil
+}
+
+// decodeV2Binary reads the input's data from the binary part of a binary
+// tensor extension request.
+func decodeV2Binary(in *fastjson.Value, dt string, t dtype, size int64, binary []byte, nf int, x []float32, req v2Request) ([]float32, int, v2Request, error) {
+	if binary == nil {
+		return x, 0, req, badRequest("inputs[0].parameters.binary_data_size is set but the request has no Inference-Header-Content-Length header to say where its binary data starts")
+	}
+	if in.Get("data") != nil {
+		return x, 0, req, badRequest("inputs[0] has both data and parameters.binary_data_size; send one")
+	}
+	if size != int64(len(binary)) {
+		return x, 0, req, badRequest("inputs[0].parameters.binary_data_size is %d, but %d bytes follow the JSON header", size, len(binary))
+	}
+	rows, err := readShapeMax(in.Get("shape"), "inputs[0].shape", nf, len(binary)/(t.size*nf), "the %d bytes of binary data hold", len(binary))
+	if err != nil {
+		return x, 0, req, err
+	}
+	x = grow(x, rows*nf)
+	if err := decodeRaw(dt, binary, x, "inputs[0]'s binary data"); err != nil {
+		return x, 0, req, err
+	}
+	return x, rows, req, nil
+}
+
+// decodeV2Outputs checks the requested outputs (the model has one,
+// "predict") and reads whether it is asked for as binary data.
+func decodeV2Outputs(ov *fastjson.Value, req *v2Request) error {
+	if ov == nil {
+		return nil
+	}
+	outs, err := ov.Array()
+	if err != nil {
+		return badRequest("outputs must be an array, got %s", ov.Type())
+	}
+	for i, o := range outs {
+		if o.Type() != fastjson.TypeObject {
+			return badRequest("outputs[%d] must be an object, got %s", i, o.Type())
+		}
+		name := o.GetStringBytes("name")
+		if string(name) != v2OutputName {
+			return badRequest("outputs[%d].name %s is not an output of this model; it has one output, %q", i, describe(o.Get("name")), v2OutputName)
+		}
+		b, err := boolParam(o.Get("parameters"), "binary_data", fmt.Sprintf("outputs[%d].parameters", i))
+		if err != nil {
+			return err
+		}
+		if o.Get("parameters") != nil && o.Get("parameters").Get("binary_data") != nil {
+			req.binaryOut = b
+		}
+	}
+	return nil
+}
+
+// boolParam reads an optional boolean from a parameters object.
+func boolParam(params *fastjson.Value, key, what string) (bool, error) {
+	if params == nil {
+		return false, nil
+	}
+	if params.Type() != fastjson.TypeObject {
+		return false, badRequest("%s must be an object, got %s", what, params.Type())
+	}
+	v := params.Get(key)
+	if v == nil {
+		return false, nil
+	}
+	b, err := v.Bool()
+	if err != nil {
+		return false, badRequest("%s.%s must be true or false, got %s", what, key, describe(v))
+	}
+	return b, nil
+}
+
+// intParam reads an optional non-negative integer from a parameters object.
+func intParam(params *fastjson.Value, key, what string) (int64, bool, error) {
+	if params == nil {
+		return 0, false, nil
+	}
+	if params.Type() != fastjson.TypeObject {
+		return 0, false, badRequest("%s must be an object, got %s", what, params.Type())
+	}
+	v := params.Get(key)
+	if v == nil {
+		return 0, false, nil
+	}
+	n, err := v.Int64()
+	if err != nil || n < 0 {
+		return 0, false, badRequest("%s.%s must be a non-negative integer, got %s", what, key, describe(v))
+	}
+	return n, true, nil
 }
 
 // maxV2Depth bounds how deeply inputs[].data may nest; row-major data for
@@ -380,4 +600,59 @@ func appendFlat(b []byte, out []float32) []byte {
 func appendJSONString(b []byte, s string) []byte {
 	q, _ := json.Marshal(s) // a string always marshals
 	return append(b, q...)
+}
+
+// feedback is what the server reads of a Seldon Feedback message.
+type feedback struct {
+	form dataForm        // of request.data; a tensor when it has none
+	puid *fastjson.Value // request.meta.puid, echoed
+}
+
+// decodeFeedback checks a Seldon Feedback message ({"request": ...,
+// "response": ..., "reward": ..., "truth": ...}) as protobuf's JSON
+// parser in the python wrapper would: an object of those fields only,
+// messages as objects, the reward a number.
+func decodeFeedback(p *fastjson.Parser, body []byte) (feedback, error) {
+	fb := feedback{form: formTensor}
+	root, err := p.ParseBytes(body)
+	if err != nil {
+		return fb, badRequest("malformed JSON: %v", err)
+	}
+	o, err := root.Object()
+	if err != nil {
+		return fb, badRequest("feedback must be a JSON object with request, response, reward and truth, got %s", root.Type())
+	}
+	o.Visit(func(k []byte, v *fastjson.Value) {
+		if err != nil {
+			return
+		}
+		switch key := string(k); key {
+		case "request", "response", "truth":
+			if v.Type() != fastjson.TypeObject && v.Type() != fastjson.TypeNull {
+				err = badRequest("feedback %s must be a SeldonMessage object, got %s", key, describe(v))
+			}
+		case "reward":
+			if _, ok := number(v); !ok {
+				err = badRequest("feedback reward must be a number, got %s", describe(v))
+			}
+		default:
+			err = badRequest("feedback has an unknown field %q: it takes request, response, reward and truth", key)
+		}
+	})
+	if err != nil {
+		return fb, err
+	}
+	req := root.Get("request")
+	if req == nil || req.Type() != fastjson.TypeObject {
+		return fb, nil
+	}
+	var sr seldonRequest
+	if err := decodeSeldonMeta(req, &sr); err != nil {
+		return fb, badRequest("feedback request: %v", err)
+	}
+	fb.puid = sr.puid
+	if data := req.Get("data"); data != nil && data.Type() == fastjson.TypeObject && data.Get("ndarray") != nil {
+		fb.form = formNDArray
+	}
+	return fb, nil
 }

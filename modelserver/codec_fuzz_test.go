@@ -107,7 +107,7 @@ func FuzzDecodeV2(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var rows int
 		var err error
-		x, rows, _, err = decodeV2(&p, body, fuzzNF, x)
+		x, rows, _, err = decodeV2(&p, body, nil, fuzzNF, x)
 		if err != nil {
 			checkRejected(t, err)
 			return

@@ -5,10 +5,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// Protocol label values of the mlscale_* series.
+// Protocol label values of the mlscale_* series, indexed by the proto*
+// constants.
+var protocolNames = [...]string{protoSeldon: "seldon", protoV2: "v2", protoSeldonGRPC: "seldon-grpc", protoV2GRPC: "v2-grpc"}
+
 const (
-	protoSeldon = "seldon"
-	protoV2     = "v2"
+	protoSeldon = iota
+	protoV2
+	protoSeldonGRPC
+	protoV2GRPC
+	numProtocols
 )
 
 // durationBuckets cover a 1-row answer on loopback (well under 1 ms) up to
@@ -76,7 +82,7 @@ func newMetrics(reg prometheus.Registerer, model string) (*metrics, error) {
 	}
 	// Start the success series and the histograms at zero, so a scraper
 	// computes a rate from the first scrape instead of the second.
-	for _, p := range []string{protoSeldon, protoV2} {
+	for _, p := range protocolNames {
 		m.requests.WithLabelValues(model, p, "200")
 		m.duration.WithLabelValues(model, p)
 		m.batch.WithLabelValues(model, p)

@@ -1,6 +1,7 @@
 package modelserver_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"sort"
@@ -13,7 +14,11 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/mlscale/mlscale/api/inference"
+	"github.com/mlscale/mlscale/api/seldon"
 	"github.com/mlscale/mlscale/modelserver"
 )
 
@@ -26,9 +31,10 @@ func gatherAndCompare(g prometheus.Gatherer, want string, names ...string) error
 // depend on timing, it compares the label sets and counts.
 func TestMetricsExposition(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	_, ts := newServer(t, modelserver.Options{
+	srv, ts := newServer(t, modelserver.Options{
 		Registry: reg, DeploymentName: "iris-model-autoscale", PredictorName: "autoscale", PredictorVersion: "v1",
 	})
+	conn := serveGRPC(t, srv)
 	send := func(path, body string, want int) {
 		t.Helper()
 		if code, b := post(t, ts.URL+path, "application/json", []byte(body)); code != want {
@@ -46,6 +52,22 @@ func TestMetricsExposition(t *testing.T) {
 	send("/v2/models/nope/infer", `{}`, 404)
 	if code, _ := get(t, ts.URL+"/ready"); code != 200 { // probes are not prediction requests
 		t.Fatalf("/ready: %d", code)
+	}
+	// The same contract over gRPC: 2 rows through Seldon, 5 through v2,
+	// and an unknown model.
+	ctx := context.Background()
+	vals := []float64{5.1, 3.5, 1.4, 0.2, 5.1, 3.5, 1.4, 0.2}
+	if _, err := seldon.NewSeldonClient(conn).Predict(ctx, seldonMsg(&seldon.DefaultData{DataOneof: &seldon.DefaultData_Tensor{Tensor: &seldon.Tensor{Shape: []int32{2, 4}, Values: vals}}})); err != nil {
+		t.Fatal(err)
+	}
+	v2 := inference.NewGRPCInferenceServiceClient(conn)
+	if _, err := v2.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "iris",
+		Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Datatype: "FP32", Shape: []int64{5, 4}}},
+		RawInputContents: [][]byte{make([]byte, 5*4*4)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v2.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("ModelInfer of an unknown model: %v, want NotFound", err)
 	}
 
 	want := `
@@ -89,18 +111,21 @@ mlscale_batch_size_bucket{model="iris",protocol="v2",le="100000"} 1
 mlscale_batch_size_bucket{model="iris",protocol="v2",le="+Inf"} 1
 mlscale_batch_size_sum{model="iris",protocol="v2"} 3
 mlscale_batch_size_count{model="iris",protocol="v2"} 1
-# HELP mlscale_inflight_requests Prediction requests being served.
+` + batchBuckets("seldon-grpc", 2) + batchBuckets("v2-grpc", 5) + `# HELP mlscale_inflight_requests Prediction requests being served.
 # TYPE mlscale_inflight_requests gauge
 mlscale_inflight_requests{model="iris"} 0
 # HELP mlscale_predicted_rows_total Rows predicted.
 # TYPE mlscale_predicted_rows_total counter
-mlscale_predicted_rows_total{model="iris"} 10504
+mlscale_predicted_rows_total{model="iris"} 10511
 # HELP mlscale_requests_total Prediction requests answered, by protocol and HTTP status code.
 # TYPE mlscale_requests_total counter
 mlscale_requests_total{code="200",model="iris",protocol="seldon"} 3
+mlscale_requests_total{code="200",model="iris",protocol="seldon-grpc"} 1
 mlscale_requests_total{code="200",model="iris",protocol="v2"} 1
+mlscale_requests_total{code="200",model="iris",protocol="v2-grpc"} 1
 mlscale_requests_total{code="400",model="iris",protocol="seldon"} 1
 mlscale_requests_total{code="404",model="iris",protocol="v2"} 1
+mlscale_requests_total{code="404",model="iris",protocol="v2-grpc"} 1
 `
 	if err := gatherAndCompare(reg, want, "mlscale_batch_size", "mlscale_inflight_requests", "mlscale_predicted_rows_total", "mlscale_requests_total"); err != nil {
 		t.Error(err)
@@ -108,11 +133,18 @@ mlscale_requests_total{code="404",model="iris",protocol="v2"} 1
 
 	got := histogramCounts(t, reg)
 	wantCounts := map[string]uint64{
-		`mlscale_request_duration_seconds{model="iris",protocol="seldon"}`: 4,
-		`mlscale_request_duration_seconds{model="iris",protocol="v2"}`:     2,
-		`seldon_api_executor_server_requests_seconds{code="200",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`: 4,
-		`seldon_api_executor_server_requests_seconds{code="400",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`: 1,
-		`seldon_api_executor_server_requests_seconds{code="404",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`: 1,
+		`mlscale_request_duration_seconds{model="iris",protocol="seldon"}`:      4,
+		`mlscale_request_duration_seconds{model="iris",protocol="v2"}`:          2,
+		`mlscale_request_duration_seconds{model="iris",protocol="seldon-grpc"}`: 1,
+		`mlscale_request_duration_seconds{model="iris",protocol="v2-grpc"}`:     2,
+		// Seldon's executor labels gRPC calls with the full method, "unary"
+		// and the gRPC code.
+		`seldon_api_executor_server_requests_seconds{code="OK",deployment_name="iris-model-autoscale",method="unary",predictor_name="autoscale",predictor_version="v1",service="/seldon.protos.Seldon/Predict"}`:                    1,
+		`seldon_api_executor_server_requests_seconds{code="OK",deployment_name="iris-model-autoscale",method="unary",predictor_name="autoscale",predictor_version="v1",service="/inference.GRPCInferenceService/ModelInfer"}`:       1,
+		`seldon_api_executor_server_requests_seconds{code="NotFound",deployment_name="iris-model-autoscale",method="unary",predictor_name="autoscale",predictor_version="v1",service="/inference.GRPCInferenceService/ModelInfer"}`: 1,
+		`seldon_api_executor_server_requests_seconds{code="200",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`:                                      4,
+		`seldon_api_executor_server_requests_seconds{code="400",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`:                                      1,
+		`seldon_api_executor_server_requests_seconds{code="404",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`:                                      1,
 	}
 	if diff := cmp.Diff(wantCounts, got); diff != "" {
 		t.Errorf("latency histogram series and counts (-want +got):\n%s", diff)
@@ -139,6 +171,19 @@ mlscale_requests_total{code="404",model="iris",protocol="v2"} 1
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
+}
+
+// batchBuckets is the exposition of mlscale_batch_size for one request
+// of n rows.
+func batchBuckets(protocol string, n int) string {
+	var b strings.Builder
+	for _, le := range []int{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000} {
+		fmt.Fprintf(&b, "mlscale_batch_size_bucket{model=\"iris\",protocol=%q,le=\"%d\"} %d\n", protocol, le, min(1, max(0, le-n+1)))
+	}
+	fmt.Fprintf(&b, "mlscale_batch_size_bucket{model=\"iris\",protocol=%q,le=\"+Inf\"} 1\n", protocol)
+	fmt.Fprintf(&b, "mlscale_batch_size_sum{model=\"iris\",protocol=%q} %d\n", protocol, n)
+	fmt.Fprintf(&b, "mlscale_batch_size_count{model=\"iris\",protocol=%q} 1\n", protocol)
+	return b.String()
 }
 
 // histogramCounts maps each latency histogram series to its sample count.

@@ -8,7 +8,11 @@
 package modelserver
 
 import (
+	"bytes"
+	"compress/gzip"
+	"compress/zlib"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +20,9 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -25,6 +31,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fastjson"
+)
+
+// The server's name and version in Open Inference Protocol metadata.
+const (
+	serverName    = "mlscale-modelserver"
+	serverVersion = "1"
 )
 
 // DefaultMaxBodyBytes is the default request body limit: 32 MiB holds
@@ -87,9 +99,11 @@ type Server struct {
 
 	// Per-protocol series, resolved once: the hot path does no label
 	// lookups for successful requests.
-	ok       [2]prometheus.Counter
-	duration [2]prometheus.Observer
-	batch    [2]prometheus.Observer
+	ok       [numProtocols]prometheus.Counter
+	duration [numProtocols]prometheus.Observer
+	batch    [numProtocols]prometheus.Observer
+	// Seldon's executor histogram for each gRPC prediction method.
+	grpcSeldon map[string]prometheus.ObserverVec
 
 	// free holds warm per-request scratch space. Not a sync.Pool: every
 	// GC empties a sync.Pool, and rebuilding a parser's value cache for a
@@ -97,20 +111,22 @@ type Server struct {
 	// a bounded free list keeps a few warm ones across GCs.
 	free chan *work
 
-	seldonPrefix []byte // {"data":{"names":["t:0",...],
-	v2Prefix     []byte // {"model_name":"...","model_version":"..."
-	v2Output     []byte // ,"outputs":[{"name":"predict","datatype":"FP32","shape":[
+	outNames     []string // t:0..t:{no-1}, the python wrapper's output names
+	seldonPrefix []byte   // {"data":{"names":["t:0",...],
+	v2Prefix     []byte   // {"model_name":"...","model_version":"..."
+	v2Output     []byte   // ,"outputs":[{"name":"predict","datatype":"FP32","shape":[
 }
 
 // work is the per-request scratch space, kept so that a steady stream
 // of requests reuses the body buffer, the parser's value cache, the
 // feature and output slices and the answer buffer.
 type work struct {
-	body []byte
-	p    fastjson.Parser
-	x    []float32
-	out  []float32
-	resp []byte
+	body  []byte
+	zbody []byte // a compressed body before decompression
+	p     fastjson.Parser
+	x     []float32
+	out   []float32
+	resp  []byte
 }
 
 // maxPooledBody keeps rare huge requests from pinning their buffers in the
@@ -150,12 +166,16 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("modelserver: registering metrics: %w", err)
 	}
 	s.m = m
-	for i, p := range []string{protoSeldon, protoV2} {
+	for i, p := range protocolNames {
 		s.ok[i] = m.requests.WithLabelValues(opts.ModelName, p, "200")
 		s.duration[i] = m.duration.WithLabelValues(opts.ModelName, p)
 		s.batch[i] = m.batch.WithLabelValues(opts.ModelName, p)
 	}
 	s.free = make(chan *work, 2*runtime.GOMAXPROCS(0))
+	s.grpcSeldon = make(map[string]prometheus.ObserverVec)
+	for _, m := range []string{methodSeldonPredict, methodModelPredict, methodModelInfer} {
+		s.grpcSeldon[m] = s.seldonCurried(m)
+	}
 
 	// The python wrapper names output columns t:0..t:{n-1} when the model
 	// has no class names.
@@ -164,9 +184,8 @@ func New(opts Options) (*Server, error) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = append(b, `"t:`...)
-		b = strconv.AppendInt(b, int64(i), 10)
-		b = append(b, '"')
+		s.outNames = append(s.outNames, "t:"+strconv.Itoa(i))
+		b = appendJSONString(b, s.outNames[i])
 	}
 	s.seldonPrefix = append(b, "],"...)
 	s.v2Prefix = appendJSONString([]byte(`{"model_name":`), opts.ModelName)
@@ -257,11 +276,36 @@ func (s *Server) putWork(w *work) {
 	}
 }
 
-// readBody reads the request body into buf, enforcing MaxBodyBytes.
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf []byte) ([]byte, error) {
+// readBody reads the request body into wk.body, enforcing MaxBodyBytes on
+// the body as sent and, for a compressed body (Content-Encoding gzip or
+// deflate, as tritonclient's request compression sends), on the
+// decompressed body too, so a small zip bomb is a 413 rather than memory.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, wk *work) error {
+	enc, err := contentEncoding(r)
+	if err != nil {
+		return err
+	}
+	if enc == "" {
+		wk.body, err = s.readLimited(w, r, wk.body[:0])
+	} else {
+		if wk.zbody, err = s.readLimited(w, r, wk.zbody[:0]); err == nil {
+			wk.body, err = s.decompress(enc, wk.zbody, wk.body[:0])
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if len(wk.body) == 0 {
+		return badRequest("request body is empty; send a JSON prediction request")
+	}
+	return nil
+}
+
+// readLimited reads r's body into buf, at most MaxBodyBytes.
+func (s *Server) readLimited(w http.ResponseWriter, r *http.Request, buf []byte) ([]byte, error) {
 	limit := s.opts.MaxBodyBytes
 	if r.ContentLength > limit {
-		return buf, s.tooLarge()
+		return buf, s.tooLarge("request body")
 	}
 	// Room for the whole body plus the read that sees EOF, so a body of
 	// known length is read without growing the buffer.
@@ -269,6 +313,19 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf []byte) ([
 		buf = make([]byte, 0, r.ContentLength+512)
 	}
 	rd := http.MaxBytesReader(w, r.Body, limit)
+	buf, err := readAll(rd, buf)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return buf, s.tooLarge("request body")
+		}
+		return buf, badRequest("reading the request body: %v", err)
+	}
+	return buf, nil
+}
+
+// readAll appends everything rd yields to buf.
+func readAll(rd io.Reader, buf []byte) ([]byte, error) {
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
@@ -276,54 +333,114 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf []byte) ([
 		n, err := rd.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
-			break
+			return buf, nil
 		}
 		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				return buf, s.tooLarge()
-			}
-			return buf, badRequest("reading the request body: %v", err)
+			return buf, err
 		}
 	}
-	if len(buf) == 0 {
-		return buf, badRequest("request body is empty; send a JSON prediction request")
+}
+
+// decompress inflates a gzip or deflate (zlib) body into buf, stopping
+// one byte past MaxBodyBytes.
+func (s *Server) decompress(enc string, z, buf []byte) ([]byte, error) {
+	var zr io.Reader
+	var err error
+	if enc == "gzip" {
+		zr, err = gzip.NewReader(bytes.NewReader(z))
+	} else {
+		zr, err = zlib.NewReader(bytes.NewReader(z))
+	}
+	if err != nil {
+		return buf, badRequest("decompressing the %s request body: %v", enc, err)
+	}
+	buf, err = readAll(io.LimitReader(zr, s.opts.MaxBodyBytes+1), buf)
+	if err != nil {
+		return buf, badRequest("decompressing the %s request body: %v", enc, err)
+	}
+	if int64(len(buf)) > s.opts.MaxBodyBytes {
+		return buf, s.tooLarge("decompressed request body")
 	}
 	return buf, nil
 }
 
-func (s *Server) tooLarge() error {
+func (s *Server) tooLarge(what string) error {
 	return &requestError{
 		status: http.StatusRequestEntityTooLarge,
 		reason: reasonBadData,
-		msg:    fmt.Sprintf("request body is larger than the %d-byte limit (--max-body-bytes); split the batch", s.opts.MaxBodyBytes),
+		msg:    fmt.Sprintf("%s is larger than the %d-byte limit (--max-body-bytes); split the batch", what, s.opts.MaxBodyBytes),
 	}
 }
 
-// checkJSON accepts application/json (with parameters) or no Content-Type
-// at all; anything else, such as curl's default form encoding, is 415, as
-// is a compressed body.
-func checkJSON(r *http.Request) error {
-	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return &requestError{
-			status: http.StatusUnsupportedMediaType,
-			reason: reasonBadData,
-			msg:    fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed", ce),
-		}
+// contentEncoding is "", "gzip" or "deflate"; other encodings are 415.
+func contentEncoding(r *http.Request) (string, error) {
+	ce := strings.TrimSpace(r.Header.Get("Content-Encoding"))
+	switch {
+	case ce == "" || strings.EqualFold(ce, "identity"):
+		return "", nil
+	case strings.EqualFold(ce, "gzip"), strings.EqualFold(ce, "x-gzip"):
+		return "gzip", nil
+	case strings.EqualFold(ce, "deflate"):
+		return "deflate", nil
 	}
-	ct := r.Header.Get("Content-Type")
-	if ct == "" {
-		return nil
-	}
-	mt, _, _ := strings.Cut(ct, ";")
-	if strings.EqualFold(strings.TrimSpace(mt), "application/json") {
-		return nil
-	}
-	return &requestError{
+	return "", &requestError{
 		status: http.StatusUnsupportedMediaType,
 		reason: reasonBadData,
-		msg:    fmt.Sprintf("Content-Type %q is not supported; send application/json", ct),
+		msg:    fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed, gzip or deflate", ce),
 	}
+}
+
+// bodyKind is what a request body holds, by its Content-Type.
+type bodyKind uint8
+
+const (
+	bodyJSON   bodyKind = iota
+	bodyForm            // application/x-www-form-urlencoded, json=<message>
+	bodyBinary          // application/octet-stream
+)
+
+// contentKind accepts application/json (with parameters) or no
+// Content-Type at all, and the other kinds a route allows; anything else
+// is 415, naming what the route takes.
+func contentKind(r *http.Request, allowForm, allowBinary bool) (bodyKind, error) {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return bodyJSON, nil
+	}
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.TrimSpace(mt)
+	switch {
+	case strings.EqualFold(mt, "application/json"):
+		return bodyJSON, nil
+	case allowForm && strings.EqualFold(mt, "application/x-www-form-urlencoded"):
+		return bodyForm, nil
+	case allowBinary && strings.EqualFold(mt, "application/octet-stream"):
+		return bodyBinary, nil
+	}
+	want := "application/json"
+	if allowForm {
+		want = "application/json or a form with json=<message> (application/x-www-form-urlencoded)"
+	}
+	return 0, &requestError{
+		status: http.StatusUnsupportedMediaType,
+		reason: reasonBadData,
+		msg:    fmt.Sprintf("Content-Type %q is not supported; send %s", ct, want),
+	}
+}
+
+// formJSON returns the json field of a Seldon microservice form body, as
+// the python wrapper reads it (what seldon-core-microservice-tester and
+// SeldonClient's microservice calls send).
+func formJSON(body []byte) ([]byte, error) {
+	vals, err := url.ParseQuery(string(body))
+	if err != nil {
+		return nil, badRequest("malformed form body: %v", err)
+	}
+	j, ok := vals["json"]
+	if !ok || len(j) == 0 || j[0] == "" {
+		return nil, badRequest("form body has no json field: send json=<SeldonMessage as JSON>")
+	}
+	return []byte(j[0]), nil
 }
 
 func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) error {
@@ -343,30 +460,69 @@ func writeJSON(w http.ResponseWriter, status int, b []byte) {
 	_, _ = w.Write(b)
 }
 
-// predictSeldon answers POST /api/v1.0/predictions.
-func (s *Server) predictSeldon(w http.ResponseWriter, r *http.Request) (code, rows int) {
-	if r.Method != http.MethodPost {
-		return writeSeldonError(w, methodNotAllowed(w, r, http.MethodPost)), 0
+// seldonBody reads a Seldon REST request's SeldonMessage (or Feedback)
+// JSON into wk.body: a JSON body, a form body's json field, or, on GET
+// (which the python wrapper allows on /predict and /send-feedback), the
+// json query parameter.
+func (s *Server) seldonBody(w http.ResponseWriter, r *http.Request, wk *work) error {
+	if r.Method == http.MethodGet {
+		j := r.URL.Query().Get("json")
+		if j == "" {
+			return badRequest("GET needs the message in the json query parameter; or POST it")
+		}
+		wk.body = append(wk.body[:0], j...)
+		return nil
 	}
-	if err := checkJSON(r); err != nil {
+	kind, err := contentKind(r, true, false)
+	if err != nil {
+		return err
+	}
+	if err := s.readBody(w, r, wk); err != nil {
+		return err
+	}
+	if kind == bodyForm {
+		j, err := formJSON(wk.body)
+		if err != nil {
+			return err
+		}
+		wk.body = append(wk.body[:0], j...)
+	}
+	return nil
+}
+
+// seldonMethods are the methods a Seldon route takes: the python wrapper
+// answers GET too on its microservice paths (/predict, /send-feedback).
+func seldonMethods(w http.ResponseWriter, r *http.Request, allowGET bool) error {
+	if r.Method == http.MethodPost || (allowGET && r.Method == http.MethodGet) {
+		return nil
+	}
+	if allowGET {
+		return methodNotAllowed(w, r, "GET, POST")
+	}
+	return methodNotAllowed(w, r, http.MethodPost)
+}
+
+// predictSeldon answers POST /api/v1.0/predictions (and /predict).
+func (s *Server) predictSeldon(w http.ResponseWriter, r *http.Request) (code, rows int) {
+	if err := seldonMethods(w, r, r.URL.Path == "/predict"); err != nil {
 		return writeSeldonError(w, err), 0
 	}
 	wk := s.getWork()
 	defer s.putWork(wk)
-	var err error
-	if wk.body, err = s.readBody(w, r, wk.body[:0]); err != nil {
+	if err := s.seldonBody(w, r, wk); err != nil {
 		return writeSeldonError(w, err), 0
 	}
 	var n int
-	var form dataForm
-	if wk.x, n, form, err = decodeSeldon(&wk.p, wk.body, s.nf, wk.x); err != nil {
+	var req seldonRequest
+	var err error
+	if wk.x, n, req, err = decodeSeldon(&wk.p, wk.body, s.nf, wk.x); err != nil {
 		return writeSeldonError(w, err), 0
 	}
 	if err := s.predict(wk, n); err != nil {
 		return writeSeldonError(w, err), 0
 	}
 	b := append(wk.resp[:0], s.seldonPrefix...)
-	if form == formTensor {
+	if req.form == formTensor {
 		b = append(b, `"tensor":{"shape":[`...)
 		b = strconv.AppendInt(b, int64(n), 10)
 		b = append(b, ',')
@@ -378,32 +534,78 @@ func (s *Server) predictSeldon(w http.ResponseWriter, r *http.Request) (code, ro
 		b = append(b, `"ndarray":`...)
 		b = appendRows(b, wk.out, n, s.no)
 	}
-	b = append(b, `},"meta":{}}`...)
+	b = append(b, "},"...)
+	b = appendSeldonMeta(b, &req)
+	b = append(b, '}')
 	wk.resp = b
 	writeJSON(w, http.StatusOK, b)
 	return http.StatusOK, n
 }
 
+// feedbackSeldon answers /api/v1.0/feedback as Seldon's python wrapper does
+// for a model without a send_feedback method: the Feedback is checked and
+// answered with an empty prediction in the form of its request's data (a
+// tensor when it has none) and the request's puid.
+func (s *Server) feedbackSeldon(w http.ResponseWriter, r *http.Request) {
+	if err := seldonMethods(w, r, r.URL.Path == "/send-feedback"); err != nil {
+		writeSeldonError(w, err)
+		return
+	}
+	wk := s.getWork()
+	defer s.putWork(wk)
+	if err := s.seldonBody(w, r, wk); err != nil {
+		writeSeldonError(w, err)
+		return
+	}
+	fb, err := decodeFeedback(&wk.p, wk.body)
+	if err != nil {
+		writeSeldonError(w, err)
+		return
+	}
+	b := append(wk.resp[:0], `{"data":{`...)
+	if fb.form == formNDArray {
+		b = append(b, `"ndarray":[]`...)
+	} else {
+		b = append(b, `"tensor":{"shape":[0]}`...)
+	}
+	b = append(b, "},"...)
+	b = appendSeldonMeta(b, &seldonRequest{puid: fb.puid})
+	b = append(b, '}')
+	wk.resp = b
+	writeJSON(w, http.StatusOK, b)
+}
+
+// v2OutputName is the model's one output tensor.
+const v2OutputName = "predict"
+
+// binaryHeader is the binary tensor extension's header: the length of the
+// JSON part of a body that continues with raw tensor data.
+const binaryHeader = "Inference-Header-Content-Length"
+
 // predictV2 answers POST /v2/models/{name}[/versions/{version}]/infer.
 func (s *Server) predictV2(w http.ResponseWriter, r *http.Request) (code, rows int) {
-	if err := s.checkModel(r); err != nil {
+	if err := s.checkModel(r.PathValue("name"), r.PathValue("version")); err != nil {
 		return writeV2Error(w, err), 0
 	}
 	if r.Method != http.MethodPost {
 		return writeV2Error(w, methodNotAllowed(w, r, http.MethodPost)), 0
 	}
-	if err := checkJSON(r); err != nil {
+	hl := r.Header.Get(binaryHeader)
+	if _, err := contentKind(r, false, hl != ""); err != nil {
 		return writeV2Error(w, err), 0
 	}
 	wk := s.getWork()
 	defer s.putWork(wk)
-	var err error
-	if wk.body, err = s.readBody(w, r, wk.body[:0]); err != nil {
+	if err := s.readBody(w, r, wk); err != nil {
+		return writeV2Error(w, err), 0
+	}
+	header, binary, err := splitBinary(wk.body, hl)
+	if err != nil {
 		return writeV2Error(w, err), 0
 	}
 	var n int
 	var req v2Request
-	if wk.x, n, req, err = decodeV2(&wk.p, wk.body, s.nf, wk.x); err != nil {
+	if wk.x, n, req, err = decodeV2(&wk.p, header, binary, s.nf, wk.x); err != nil {
 		return writeV2Error(w, err), 0
 	}
 	if err := s.predict(wk, n); err != nil {
@@ -418,17 +620,55 @@ func (s *Server) predictV2(w http.ResponseWriter, r *http.Request) (code, rows i
 	b = strconv.AppendInt(b, int64(n), 10)
 	b = append(b, ',')
 	b = strconv.AppendInt(b, int64(s.no), 10)
+	out := wk.out[:n*s.no]
+	if req.binaryOut {
+		b = append(b, `],"parameters":{"binary_data_size":`...)
+		b = strconv.AppendInt(b, int64(4*len(out)), 10)
+		b = append(b, "}}]}"...)
+		jsonLen := len(b)
+		b = appendRawFP32(b, out)
+		wk.resp = b
+		h := w.Header()
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set(binaryHeader, strconv.Itoa(jsonLen))
+		h.Set("Content-Length", strconv.Itoa(len(b)))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(b)
+		return http.StatusOK, n
+	}
 	b = append(b, `],"data":`...)
-	b = appendFlat(b, wk.out[:n*s.no])
+	b = appendFlat(b, out)
 	b = append(b, "}]}"...)
 	wk.resp = b
 	writeJSON(w, http.StatusOK, b)
 	return http.StatusOK, n
 }
 
-// predict runs the model over wk.x's n rows into wk.out.
-func (s *Server) predict(wk *work, n int) error {
+// splitBinary splits a binary tensor extension body at the length its
+// Inference-Header-Content-Length header gives (hl; "" means the whole
+// body is JSON and binary is nil).
+func splitBinary(body []byte, hl string) (header, binary []byte, err error) {
+	if hl == "" {
+		return body, nil, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(hl))
+	if err != nil || n <= 0 || n > len(body) {
+		return nil, nil, badRequest("%s %q is not the length of the JSON header within the %d-byte body", binaryHeader, hl, len(body))
+	}
+	return body[:n], body[n:], nil
+}
+
+// predict runs the model over wk.x's n rows into wk.out. A panicking
+// predictor is a server fault: it is logged with its stack and answered
+// as an internal error, and the server goes on.
+func (s *Server) predict(wk *work, n int) (err error) {
 	wk.out = grow(wk.out, n*s.no)
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("predictor panicked", "rows", n, "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("predicting %d rows: predictor panicked: %v", n, p)
+		}
+	}()
 	if err := s.opts.Predictor.PredictBatch(wk.x[:n*s.nf], n, wk.out); err != nil {
 		s.log.Error("prediction failed", "rows", n, "err", err)
 		return fmt.Errorf("predicting %d rows: %w", n, err)
@@ -436,11 +676,9 @@ func (s *Server) predict(wk *work, n int) error {
 	return nil
 }
 
-// checkModel answers 404 for a v2 model name (or version) this server
-// does not serve.
-func (s *Server) checkModel(r *http.Request) error {
-	name := r.PathValue("name")
-	version := r.PathValue("version")
+// checkModel is a 404 for a v2 model name (or version) this server does
+// not serve.
+func (s *Server) checkModel(name, version string) error {
 	if name != s.opts.ModelName || (version != "" && version != s.opts.ModelVersion) {
 		what := fmt.Sprintf("model %q", name)
 		if version != "" {
@@ -460,31 +698,48 @@ func (s *Server) checkModel(r *http.Request) error {
 // direct than promhttp's response-writer delegation, and lets the batch
 // histogram and row counter see the rows.
 func (s *Server) instrument(proto int, h func(http.ResponseWriter, *http.Request) (int, int)) http.HandlerFunc {
-	protoName := [2]string{protoSeldon, protoV2}[proto]
-	seldon := s.m.seldonReq.MustCurryWith(prometheus.Labels{
-		"deployment_name":   s.opts.DeploymentName,
-		"predictor_name":    s.opts.PredictorName,
-		"predictor_version": s.opts.PredictorVersion,
-		"service":           "predictions",
-	})
+	seldon := s.seldonCurried("predictions")
 	seldonOK := seldon.WithLabelValues("post", "200")
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		s.m.inflight.Inc()
+		// Deferred, so a handler that panics (net/http recovers it) does
+		// not leave the gauge one up for good.
+		defer s.m.inflight.Dec()
 		code, rows := h(w, r)
-		s.m.inflight.Dec()
 		d := time.Since(start).Seconds()
-		s.duration[proto].Observe(d)
+		s.record(proto, code, rows, d)
 		if code == http.StatusOK {
-			s.ok[proto].Inc()
-			s.batch[proto].Observe(float64(rows))
-			s.m.rows.Add(float64(rows))
 			seldonOK.Observe(d) // only POST answers 200
 			return
 		}
-		s.m.requests.WithLabelValues(s.opts.ModelName, protoName, strconv.Itoa(code)).Inc()
 		seldon.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code)).Observe(d)
 	}
+}
+
+// seldonCurried is Seldon's executor histogram with this server's labels
+// and service (the REST route's service name, or a gRPC full method name).
+func (s *Server) seldonCurried(service string) prometheus.ObserverVec {
+	return s.m.seldonReq.MustCurryWith(prometheus.Labels{
+		"deployment_name":   s.opts.DeploymentName,
+		"predictor_name":    s.opts.PredictorName,
+		"predictor_version": s.opts.PredictorVersion,
+		"service":           service,
+	})
+}
+
+// record counts one answered prediction request of any protocol in the
+// mlscale_* series; code is its HTTP status (for gRPC, the status the
+// same outcome gets over REST).
+func (s *Server) record(proto, code, rows int, seconds float64) {
+	s.duration[proto].Observe(seconds)
+	if code == http.StatusOK {
+		s.ok[proto].Inc()
+		s.batch[proto].Observe(float64(rows))
+		s.m.rows.Add(float64(rows))
+		return
+	}
+	s.m.requests.WithLabelValues(s.opts.ModelName, protocolNames[proto], strconv.Itoa(code)).Inc()
 }
 
 // methodLabel lower-cases the HTTP method as promhttp does for Seldon's
@@ -512,12 +767,15 @@ func methodLabel(m string) string {
 
 func (s *Server) routes() http.Handler {
 	inner := http.NewServeMux()
-	seldon := s.instrument(0, s.predictSeldon)
+	seldon := s.instrument(protoSeldon, s.predictSeldon)
 	// The python wrapper answers /predict and /api/v1.0/predictions; the
 	// executor also keeps /api/v0.1/predictions.
 	inner.Handle("/api/v1.0/predictions", seldon)
 	inner.Handle("/api/v0.1/predictions", seldon)
 	inner.Handle("/predict", seldon)
+	inner.HandleFunc("/api/v1.0/feedback", s.feedbackSeldon)
+	inner.HandleFunc("/api/v0.1/feedback", s.feedbackSeldon)
+	inner.HandleFunc("/send-feedback", s.feedbackSeldon)
 	inner.HandleFunc("GET /health/ping", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "pong")
@@ -526,11 +784,13 @@ func (s *Server) routes() http.Handler {
 	inner.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	inner.HandleFunc("GET /ready", s.readyProbe)
 
-	v2 := s.instrument(1, s.predictV2)
+	v2 := s.instrument(protoV2, s.predictV2)
 	inner.Handle("/v2/models/{name}/infer", v2)
 	inner.Handle("/v2/models/{name}/versions/{version}/infer", v2)
-	inner.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
-	inner.HandleFunc("GET /v2/health/ready", s.readyProbe)
+	inner.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, []byte(`{"live":true}`))
+	})
+	inner.HandleFunc("GET /v2/health/ready", s.v2Ready)
 	inner.HandleFunc("GET /v2", s.v2ServerMetadata)
 	inner.HandleFunc("GET /v2/models/{name}", s.v2ModelMetadata)
 	inner.HandleFunc("GET /v2/models/{name}/versions/{version}", s.v2ModelMetadata)
@@ -589,12 +849,21 @@ func (s *Server) healthStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, b)
 }
 
+// v2Extensions are the Open Inference Protocol extensions this server
+// speaks (Triton's names), in the REST and gRPC server metadata.
+var v2Extensions = []string{"binary_tensor_data"}
+
 func (s *Server) v2ServerMetadata(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, []byte(`{"name":"mlscale-modelserver","version":"1","extensions":[]}`))
+	b, _ := json.Marshal(struct {
+		Name       string   `json:"name"`
+		Version    string   `json:"version"`
+		Extensions []string `json:"extensions"`
+	}{serverName, serverVersion, v2Extensions})
+	writeJSON(w, http.StatusOK, b)
 }
 
 func (s *Server) v2ModelMetadata(w http.ResponseWriter, r *http.Request) {
-	if err := s.checkModel(r); err != nil {
+	if err := s.checkModel(r.PathValue("name"), r.PathValue("version")); err != nil {
 		writeV2Error(w, err)
 		return
 	}
@@ -613,20 +882,50 @@ func (s *Server) v2ModelMetadata(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, b)
 }
 
-// v2ModelReady is 200 while the model is loaded and the server is not
-// draining.
+// v2Ready answers /v2/health/ready with the JSON body KServe's client
+// reads: 200 {"ready":true}, or 503 {"ready":false} while draining.
+func (s *Server) v2Ready(w http.ResponseWriter, r *http.Request) {
+	if !s.ready.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, []byte(`{"ready":false}`))
+		return
+	}
+	writeJSON(w, http.StatusOK, []byte(`{"ready":true}`))
+}
+
+// v2ModelReady is 200 {"name":...,"ready":true} while the model is loaded
+// and the server is not draining.
 func (s *Server) v2ModelReady(w http.ResponseWriter, r *http.Request) {
-	if err := s.checkModel(r); err != nil {
+	if err := s.checkModel(r.PathValue("name"), r.PathValue("version")); err != nil {
 		writeV2Error(w, err)
 		return
 	}
-	s.readyProbe(w, r)
+	ready := s.ready.Load()
+	b := appendJSONString([]byte(`{"name":`), s.opts.ModelName)
+	b = append(b, `,"ready":`...)
+	b = strconv.AppendBool(b, ready)
+	b = append(b, '}')
+	status := http.StatusOK
+	if !ready {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, b)
 }
 
 // notFound answers unknown paths in the error shape of the protocol the
-// path belongs to.
+// path belongs to. Under the gateway prefix it says how the path was read,
+// so /seldon/{deployment}/api/... (no namespace) is not reported as a
+// missing /v1.0/predictions.
 func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
-	err := &requestError{status: http.StatusNotFound, reason: reasonNotFound, msg: fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)}
+	msg := fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)
+	orig, _, _ := strings.Cut(r.RequestURI, "?")
+	if rest, ok := strings.CutPrefix(orig, "/seldon/"); ok && orig != r.URL.Path {
+		parts := strings.SplitN(rest, "/", 3)
+		if len(parts) == 3 {
+			msg = fmt.Sprintf("no route for %s %s: read as namespace %q, deployment %q and route /%s, which this server does not have; the gateway prefix is /seldon/{namespace}/{deployment}/",
+				r.Method, orig, parts[0], parts[1], parts[2])
+		}
+	}
+	err := &requestError{status: http.StatusNotFound, reason: reasonNotFound, msg: msg}
 	if strings.HasPrefix(r.URL.Path, "/v2/") || r.URL.Path == "/v2" {
 		writeV2Error(w, err)
 		return

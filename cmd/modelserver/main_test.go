@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/mlscale/mlscale/api/seldon"
 )
 
 const model = "../../modelserver/xgboost/testdata/model.joblib"
@@ -57,13 +67,23 @@ func TestBinary(t *testing.T) {
 	defer func() {
 		_ = cmd.Process.Kill()
 	}()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	out := bufio.NewReader(stdout)
+	line, err := out.ReadString('\n')
 	if err != nil {
 		t.Fatalf("reading the listen address: %v; stderr:\n%s", err, stderr.String())
 	}
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening on ")
 	if !ok || !strings.HasPrefix(addr, "127.0.0.1:") || strings.HasSuffix(addr, ":0") {
 		t.Fatalf("first stdout line %q, want \"listening on 127.0.0.1:PORT\"", line)
+	}
+	// --grpc-listen defaults to --listen's host, here on any port.
+	line, err = out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the gRPC address: %v; stderr:\n%s", err, stderr.String())
+	}
+	gaddr, ok := strings.CutPrefix(strings.TrimSpace(line), "grpc listening on ")
+	if !ok || !strings.HasPrefix(gaddr, "127.0.0.1:") || strings.HasSuffix(gaddr, ":0") || gaddr == addr {
+		t.Fatalf("second stdout line %q, want \"grpc listening on 127.0.0.1:PORT\"", line)
 	}
 	go func() { exited <- cmd.Wait() }()
 	base := "http://" + addr
@@ -78,6 +98,29 @@ func TestBinary(t *testing.T) {
 	// XGBoost's own prediction for [1,2,3,4] (iris.golden.json).
 	if want := `{"data":{"names":["t:0","t:1","t:2"],"ndarray":[[0.008472068,0.03168793,0.95984]]},"meta":{}}`; resp.StatusCode != 200 || string(b) != want {
 		t.Fatalf("prediction: %d %s, want 200 %s", resp.StatusCode, b, want)
+	}
+	// The same row over gRPC, as SeldonClient(transport="grpc") sends it
+	// through Seldon's Istio route.
+	conn, err := grpc.NewClient(gaddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "seldon", "iris-model-autoscale", "namespace", "model")
+	lv, _ := structpb.NewList([]any{[]any{1, 2, 3, 4}})
+	gr, err := seldon.NewSeldonClient(conn).Predict(ctx, &seldon.SeldonMessage{DataOneof: &seldon.SeldonMessage_Data{Data: &seldon.DefaultData{DataOneof: &seldon.DefaultData_Ndarray{Ndarray: lv}}}})
+	if err != nil {
+		t.Fatalf("gRPC Predict: %v", err)
+	}
+	var got []float32
+	for _, v := range gr.GetData().GetNdarray().GetValues()[0].GetListValue().GetValues() {
+		got = append(got, float32(v.GetNumberValue()))
+	}
+	if diff := cmp.Diff([]float32{0.008472068, 0.03168793, 0.95984}, got); diff != "" {
+		t.Errorf("gRPC prediction (-XGBoost +got):\n%s", diff)
+	}
+	if _, m := httpGet(t, base+"/metrics"); !strings.Contains(m, `mlscale_requests_total{code="200",model="iris",protocol="seldon-grpc"} 1`) {
+		t.Errorf("/metrics does not count the gRPC call:\n%s", m)
 	}
 	if _, m := httpGet(t, base+"/metrics"); !strings.Contains(m,
 		`seldon_api_executor_server_requests_seconds_count{code="200",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="",service="predictions"} 1`) {
@@ -101,6 +144,9 @@ func TestBinary(t *testing.T) {
 	if code, _ := httpGet(t, base+"/live"); code != 200 {
 		t.Errorf("/live during the drain: %d, want 200", code)
 	}
+	if h, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil || h.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("gRPC health during the drain: %v %v, want NOT_SERVING", h, err)
+	}
 	select {
 	case err := <-exited:
 		if err != nil {
@@ -109,7 +155,7 @@ func TestBinary(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("still running 10s after SIGTERM; stderr:\n%s", stderr.String())
 	}
-	if !strings.Contains(stderr.String(), "shut down cleanly") {
+	if !strings.Contains(stderr.String(), "gRPC shut down cleanly") || strings.Count(stderr.String(), "shut down cleanly") != 2 {
 		t.Errorf("stderr does not report a clean shutdown:\n%s", stderr.String())
 	}
 }
@@ -138,6 +184,7 @@ func TestBadStart(t *testing.T) {
 		{"not a model", []string{"--model", "main.go", "--listen", "127.0.0.1:0"}, "main.go"},
 		{"bad log format", []string{"--model", model, "--log-format", "xml"}, "--log-format"},
 		{"bad listen address", []string{"--model", model, "--listen", "127.0.0.1:notaport"}, "listening on 127.0.0.1:notaport"},
+		{"bad gRPC address", []string{"--model", model, "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:notaport"}, "listening for gRPC on 127.0.0.1:notaport"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
