@@ -341,6 +341,28 @@ func (m *Manager) Group(rel string) *Group { return &Group{m: m, rel: filepath.C
 // by this manager adds up to.
 func (m *Manager) Root() *Group { return &Group{m: m, rel: "."} }
 
+// Siblings lists the groups next to the manager's parent whose names start
+// with prefix (other agents' parents), not the manager's own.
+func (m *Manager) Siblings(prefix string) []string {
+	own := filepath.Base(m.cpu)
+	entries, err := os.ReadDir(filepath.Dir(m.cpu))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), prefix) && e.Name() != own {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// Sibling names the group next to the manager's parent (see Siblings).
+func (m *Manager) Sibling(name string) *Group {
+	return &Group{m: m, rel: filepath.Join("..", filepath.Base(name))}
+}
+
 func write(dir, file, value string) error {
 	if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0o644); err != nil {
 		return fmt.Errorf("writing %q to %s: %w", value, filepath.Join(dir, file), err)

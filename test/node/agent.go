@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mlscale/mlscale/internal/cgroup"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -61,8 +62,26 @@ type Config struct {
 	// ClusterDomain is the DNS domain of Service names in the pods' hosts
 	// files and resolv.conf search path; "" means cluster.local.
 	ClusterDomain string
-	Log           io.Writer
+	// Cgroups runs each container in its own control group with its
+	// resources.limits.cpu as a CFS quota and limits.memory as a memory
+	// limit, and reports their usage from the cgroup as the kubelet does.
+	// CgroupsAuto (the default) uses them when the machine allows (root and
+	// a writable cpu controller) and says so in the log when not.
+	Cgroups CgroupMode
+	Log     io.Writer
 }
+
+// CgroupMode says whether containers run in control groups.
+type CgroupMode int
+
+const (
+	// CgroupsAuto enforces limits when the machine allows, else logs why not.
+	CgroupsAuto CgroupMode = iota
+	// CgroupsRequired fails New when limits cannot be enforced.
+	CgroupsRequired
+	// CgroupsOff runs containers as plain processes, limits not enforced.
+	CgroupsOff
+)
 
 // Agent is a running node.
 type Agent struct {
@@ -74,6 +93,8 @@ type Agent struct {
 	ips      *ipPool
 	pids     *pidTable
 	net      *netFiles
+	// cg makes the pods' control groups; nil when limits are not enforced.
+	cg *cgroup.Manager
 
 	mu      sync.Mutex
 	runners map[types.UID]*podRunner
@@ -103,6 +124,9 @@ func New(cfg Config) (*Agent, error) {
 		runners: map[types.UID]*podRunner{},
 	}
 	a.volumes = volumeWriter{client: cfg.Client, objects: a.objects}
+	if err := a.setupCgroups(); err != nil {
+		return nil, err
+	}
 	a.net = newNetFiles(cfg.ClusterDomain, a.logf)
 	return a, nil
 }
@@ -183,6 +207,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	factory.Shutdown()
 	a.logf("stopping pods")
 	a.wg.Wait()
+	if a.cg != nil {
+		if err := a.cg.Root().Destroy(10 * time.Second); err != nil {
+			a.logf("removing the node's cgroups: %v", err)
+		}
+	}
 	return nil
 }
 

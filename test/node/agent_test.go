@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -35,6 +36,16 @@ func testContainer() {
 		f, _ := os.OpenFile(journal, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		fmt.Fprintln(f, s)
 		f.Close()
+	}
+	if os.Getenv("BUSY") == "1" {
+		// Spin on every CPU: a saturating load whose CPU use only a limit
+		// bounds.
+		for i := 0; i < runtime.NumCPU(); i++ {
+			go func() {
+				for {
+				}
+			}()
+		}
 	}
 	if os.Getenv("CRASH") == "1" {
 		note("crash")
@@ -79,6 +90,7 @@ func init() {
 }
 
 type agentEnv struct {
+	agent   *Agent
 	port    int
 	client  *fake.Clientset
 	journal string
@@ -106,7 +118,7 @@ func startAgent(t *testing.T) *agentEnv {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &agentEnv{port: port, client: cs, journal: filepath.Join(t.TempDir(), "journal"), cancel: cancel, done: make(chan error, 1)}
+	e := &agentEnv{agent: a, port: port, client: cs, journal: filepath.Join(t.TempDir(), "journal"), cancel: cancel, done: make(chan error, 1)}
 	go func() { e.done <- a.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/mlscale/mlscale/internal/cgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,9 +32,12 @@ type Mount struct {
 }
 
 type execSpec struct {
-	Mounts []Mount  `json:"mounts"`
-	Path   string   `json:"path"`
-	Args   []string `json:"args"`
+	Mounts []Mount `json:"mounts"`
+	// Cgroups are the cgroup.procs files of the container's group, one per
+	// hierarchy, joined before anything else.
+	Cgroups []string `json:"cgroups,omitempty"`
+	Path    string   `json:"path"`
+	Args    []string `json:"args"`
 }
 
 // MaybeRunHelper runs the container helper and never returns if this process
@@ -45,6 +49,10 @@ func MaybeRunHelper() {
 	var spec execSpec
 	if err := json.Unmarshal([]byte(os.Args[2]), &spec); err != nil {
 		fmt.Fprintf(os.Stderr, "container helper: bad spec: %v\n", err)
+		os.Exit(127)
+	}
+	if err := cgroup.Join(spec.Cgroups); err != nil {
+		fmt.Fprintf(os.Stderr, "container helper: %v\n", err)
 		os.Exit(127)
 	}
 	// The program is opened before anything is mounted: a volume mounted

@@ -3,9 +3,11 @@ package node
 import (
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/mlscale/mlscale/internal/cgroup"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/procfs"
@@ -21,14 +23,17 @@ type pidTable struct {
 type containerKey struct {
 	namespace, pod, container string
 	start                     time.Time
+	// cg is the container's control group, nil when limits are not
+	// enforced (usage then comes from /proc).
+	cg *cgroup.Group
 }
 
 func newPidTable() *pidTable { return &pidTable{byID: map[int]containerKey{}} }
 
-func (t *pidTable) add(pod *corev1.Pod, container string, pid int, start time.Time) {
+func (t *pidTable) add(pod *corev1.Pod, container string, pid int, start time.Time, cg *cgroup.Group) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.byID[pid] = containerKey{pod.Namespace, pod.Name, container, start}
+	t.byID[pid] = containerKey{pod.Namespace, pod.Name, container, start, cg}
 }
 
 func (t *pidTable) remove(pid int) {
@@ -158,18 +163,37 @@ func (c *resourceCollector) Collect(ch chan<- prometheus.Metric) {
 		failed = 1
 	}
 	pids := c.a.pids.snapshot()
-	roots := make([]int, 0, len(pids))
-	for pid := range pids {
-		roots = append(roots, pid)
+	// /proc for containers without a cgroup, and for memory where the
+	// memory controller is not in use.
+	var roots []int
+	for pid, k := range pids {
+		if k.cg == nil || c.a.cg.MemoryError() != nil {
+			roots = append(roots, pid)
+		}
 	}
-	usage, err := TreeUsage(c.fs, roots)
+	tree, err := TreeUsage(c.fs, roots)
 	if err != nil {
 		failed = 1
 	}
 	type podKey struct{ ns, name string }
 	pods := map[podKey]Usage{}
-	for pid, u := range usage {
-		k := pids[pid]
+	podGroups := map[podKey]*cgroup.Group{}
+	for pid, k := range pids {
+		u, ok := tree[pid]
+		if k.cg != nil {
+			cu, err := k.cg.Usage()
+			if err != nil {
+				failed = 1
+				continue
+			}
+			u.CPUSeconds = cu.CPUSeconds()
+			if cu.Memory {
+				u.WorkingSetBytes = float64(cu.WorkingSetBytes)
+			}
+			podGroups[podKey{k.namespace, k.pod}] = c.a.cg.Group(filepath.Dir(k.cg.Path()))
+		} else if !ok {
+			continue // exited meanwhile
+		}
 		ts(prometheus.MustNewConstMetric(c.contCPU, prometheus.CounterValue, u.CPUSeconds, k.container, k.pod, k.namespace))
 		ts(prometheus.MustNewConstMetric(c.contMem, prometheus.GaugeValue, u.WorkingSetBytes, k.container, k.pod, k.namespace))
 		ts(prometheus.MustNewConstMetric(c.contStart, prometheus.GaugeValue, float64(k.start.UnixNano())/1e9, k.container, k.pod, k.namespace))
@@ -179,6 +203,16 @@ func (c *resourceCollector) Collect(ch chan<- prometheus.Metric) {
 		pods[podKey{k.namespace, k.pod}] = p
 	}
 	for k, u := range pods {
+		// The pod's group also holds what its restarted containers used,
+		// as the kubelet's pod cgroup does.
+		if g := podGroups[k]; g != nil {
+			if pu, err := g.Usage(); err == nil {
+				u.CPUSeconds = pu.CPUSeconds()
+				if pu.Memory {
+					u.WorkingSetBytes = float64(pu.WorkingSetBytes)
+				}
+			}
+		}
 		ts(prometheus.MustNewConstMetric(c.podCPU, prometheus.CounterValue, u.CPUSeconds, k.name, k.ns))
 		ts(prometheus.MustNewConstMetric(c.podMem, prometheus.GaugeValue, u.WorkingSetBytes, k.name, k.ns))
 	}

@@ -118,6 +118,9 @@ func (r *podRunner) run(ctx context.Context) {
 	}
 	defer r.a.ips.release(r.pod.UID)
 	defer r.a.net.remove(r.pod.UID)
+	// Last, after every container has stopped: kill what is left in the
+	// pod's cgroup and remove it.
+	defer r.removePodGroup()
 	r.dir = filepath.Join(r.a.cfg.StateDir, "pods", fmt.Sprintf("%s_%s_%s", r.pod.Namespace, r.pod.Name, r.pod.UID))
 	r.startTime = metav1.Now()
 	for i := range r.pod.Spec.Containers {
@@ -363,13 +366,23 @@ func (r *podRunner) launch(ctx context.Context, c *containerRun) error {
 		return err
 	}
 	defer logf.Close()
+	cg, err := r.containerGroup(&c.spec)
+	if err != nil {
+		return err
+	}
+	var cgroupProcs []string
+	if cg != nil {
+		cgroupProcs = cg.ProcsFiles()
+	}
 	var cmd *exec.Cmd
 	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if len(mounts) > 0 {
+	// The helper joins the container's cgroup before it execs the program,
+	// so nothing the program does runs outside its limits.
+	if len(mounts) > 0 || cg != nil {
 		if os.Geteuid() != 0 {
 			return fmt.Errorf("volume mounts need a private mount namespace, which needs root: run the local cluster as root")
 		}
-		spec, err := json.Marshal(execSpec{Mounts: mounts, Path: bin, Args: args})
+		spec, err := json.Marshal(execSpec{Mounts: mounts, Cgroups: cgroupProcs, Path: bin, Args: args})
 		if err != nil {
 			return err
 		}
@@ -408,7 +421,7 @@ func (r *podRunner) launch(ctx context.Context, c *containerRun) error {
 		c.lastTerm = c.term
 	}
 	c.term, c.waiting = nil, nil
-	r.a.pids.add(r.pod, c.spec.Name, c.pid, c.startedAt)
+	r.a.pids.add(r.pod, c.spec.Name, c.pid, c.startedAt, cg)
 	gen, exited := c.gen, c.exited
 	go func() {
 		err := cmd.Wait()
