@@ -16,15 +16,15 @@ import (
 	"github.com/mlscale/mlscale/scaler/trigger"
 )
 
-// loadCRDs reads every CRD under crdsDir() into group/version/kind ->
-// validator. The e2e test applies the same CRDs to a real API server; this is
-// the fast, in-process half of that check.
+// loadCRDs reads every CRD of crdsDir into group/version/kind -> validator.
+// The e2e test applies the same CRDs to a real API server; this is the fast,
+// in-process half of that check.
 func loadCRDs(t *testing.T) crdschema.Set {
 	t.Helper()
-	dir := crdsDir()
+	dir := crdsDir(t)
 	crds, err := crdschema.LoadDir(dir)
 	if err != nil {
-		t.Fatalf("loading CRDs from %s (shared/ beside the repository; MLSCALE_CRDS overrides): %v", dir, err)
+		t.Fatalf("loading CRDs from %s: %v", dir, err)
 	}
 	return crds
 }
@@ -60,7 +60,7 @@ func TestCustomResourcesMatchCRDs(t *testing.T) {
 				c := crds[gvk]
 				if c == nil {
 					if gvk.Group != "cert-manager.io" {
-						t.Errorf("%s %s/%s: no CRD for %s in %s", gvk.Kind, o.GetNamespace(), o.GetName(), gvk.GroupVersion(), crdsDir())
+						t.Errorf("%s %s/%s: no CRD for %s in manifests/crds", gvk.Kind, o.GetNamespace(), o.GetName(), gvk.GroupVersion())
 					}
 					continue
 				}

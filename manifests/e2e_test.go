@@ -5,7 +5,6 @@ package manifests
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -31,7 +30,7 @@ import (
 
 const fieldManager = "mlscale-manifests-e2e"
 
-// unvalidatedGroups are API groups whose CRDs are not in ../shared/crds, so
+// unvalidatedGroups are API groups whose CRDs manifests/crds does not carry, so
 // the API server cannot check their objects. Only cert-manager's are
 // rendered (components/cert-manager, in the eks overlay); they are reported,
 // not silently dropped.
@@ -67,7 +66,7 @@ func TestServerSideDryRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	installCRDs(ctx, t, dyn)
+	crdDir := installCRDs(ctx, t, dyn)
 	cached.Invalidate()
 	mapper.Reset()
 
@@ -108,7 +107,7 @@ func TestServerSideDryRun(t *testing.T) {
 				}
 			}
 			if len(skipped) > 0 {
-				t.Logf("not validated (no CRD in %s): %s", crdsDir(), strings.Join(skipped, ", "))
+				t.Logf("not validated (no CRD in %s): %s", crdDir, strings.Join(skipped, ", "))
 			}
 		})
 	}
@@ -194,11 +193,11 @@ func apply(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper, o
 
 func ptr[T any](v T) *T { return &v }
 
-// installCRDs applies every CRD under crdsDir() for real and waits until each
-// is Established.
-func installCRDs(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
+// installCRDs applies every CRD of crdsDir for real, waits until each is
+// Established and returns the directory.
+func installCRDs(ctx context.Context, t *testing.T, dyn dynamic.Interface) string {
 	t.Helper()
-	dir := crdsDir()
+	dir := crdsDir(t)
 	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 	var names []string
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
@@ -221,9 +220,6 @@ func installCRDs(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
 			if err != nil {
 				return fmt.Errorf("%s: %w", p, err)
 			}
-			if js, err = structuralItems(t, n.GetName(), js); err != nil {
-				return fmt.Errorf("%s: %w", p, err)
-			}
 			_, err = dyn.Resource(crdGVR).Patch(ctx, n.GetName(), types.ApplyPatchType, js, metav1.PatchOptions{FieldManager: fieldManager, Force: ptr(true)})
 			if err != nil {
 				return fmt.Errorf("installing CRD %s from %s: %w", n.GetName(), p, err)
@@ -233,9 +229,6 @@ func installCRDs(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("CRDs not found in %s (set MLSCALE_CRDS): %v", dir, err)
-		}
 		t.Fatal(err)
 	}
 	if len(names) == 0 {
@@ -261,44 +254,7 @@ func installCRDs(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
 		}
 	}
 	t.Logf("installed %d CRDs from %s", len(names), dir)
-}
-
-// structuralItems gives every schema-less array item ("items: {}") the
-// schema "any object, kept as is". Seldon's trimmed CRD leaves the recursive
-// graph's children untyped, which kube-apiserver refuses as non-structural;
-// Seldon's own packaging marks them x-kubernetes-preserve-unknown-fields, and
-// this does the same, for exactly those nodes, saying so in the log.
-func structuralItems(t *testing.T, name string, js []byte) ([]byte, error) {
-	var doc map[string]any
-	if err := json.Unmarshal(js, &doc); err != nil {
-		return nil, err
-	}
-	var fixed []string
-	var walk func(path string, v any)
-	walk = func(path string, v any) {
-		switch x := v.(type) {
-		case map[string]any:
-			for k, c := range x {
-				if m, ok := c.(map[string]any); ok && k == "items" && len(m) == 0 {
-					x[k] = map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}
-					fixed = append(fixed, path)
-					continue
-				}
-				walk(path+"."+k, c)
-			}
-		case []any:
-			for i, c := range x {
-				walk(fmt.Sprintf("%s[%d]", path, i), c)
-			}
-		}
-	}
-	walk("", doc)
-	if len(fixed) == 0 {
-		return js, nil
-	}
-	slices.Sort(fixed)
-	t.Logf("CRD %s: %d untyped array items marked x-kubernetes-preserve-unknown-fields (as Seldon's packaging does): %s", name, len(fixed), strings.Join(fixed, ", "))
-	return json.Marshal(doc)
+	return dir
 }
 
 func statusCode(err error) int32 {

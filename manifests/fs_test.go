@@ -1,17 +1,20 @@
 package manifests
 
 import (
+	"context"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/mlscale/mlscale/internal/certgen"
+	"github.com/mlscale/mlscale/manifests/crds"
 )
 
 // memRoot is where the manifests live in the in-memory file system.
@@ -96,10 +99,16 @@ func memFS(certDir string) (filesys.FileSystem, error) {
 	return fsys, nil
 }
 
-// crdsDir is ../shared/crds beside the repository ($MLSCALE_CRDS overrides).
-func crdsDir() string {
-	if d := os.Getenv("MLSCALE_CRDS"); d != "" {
-		return d
+// crdsDir writes the CRDs the manifests are checked against (manifests/crds:
+// each project's from its pinned Go module, Seldon's schema from the
+// repository) into a fresh directory of t and returns it.
+func crdsDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := crds.Write(ctx, dir); err != nil {
+		t.Fatalf("fetching the CRDs: %v", err)
 	}
-	return filepath.Join("..", "..", "shared", "crds")
+	return dir
 }

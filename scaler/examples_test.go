@@ -3,14 +3,15 @@ package scaler
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -20,21 +21,28 @@ import (
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/mlscale/mlscale/collector"
 	"github.com/mlscale/mlscale/internal/crdschema"
+	"github.com/mlscale/mlscale/manifests/crds"
 	"github.com/mlscale/mlscale/scaler/trigger"
 )
 
-// kedaCRDs is KEDA's CRDs as the project pins them (shared/ sits beside the
-// repository, in development and in CI).
-const kedaCRDs = "../../shared/crds/keda"
+// kedaCRDs writes the CRDs as the project pins them (manifests/crds: KEDA's
+// from its Go module) into a directory of t and returns KEDA's.
+func kedaCRDs(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := crds.Write(ctx, dir); err != nil {
+		t.Fatalf("fetching KEDA's CRDs: %v", err)
+	}
+	return filepath.Join(dir, "keda")
+}
 
 // loadCRD reads the first served version of a KEDA CRD file.
-func loadCRD(t *testing.T, file string) *crdschema.Validator {
+func loadCRD(t *testing.T, dir, file string) *crdschema.Validator {
 	t.Helper()
-	vs, err := crdschema.Load(filepath.Join(kedaCRDs, file))
+	vs, err := crdschema.Load(filepath.Join(dir, file))
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("reading KEDA's CRD (expected in shared/ beside the repository): %v", err)
-		}
 		t.Fatalf("loading %s: %v", file, err)
 	}
 	return vs[0]
@@ -144,8 +152,9 @@ func defaultMetricNames() []string {
 
 func TestScaledObjectExamples(t *testing.T) {
 	crds := map[string]*crdschema.Validator{}
+	dir := kedaCRDs(t)
 	for _, f := range []string{"keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml"} {
-		c := loadCRD(t, f)
+		c := loadCRD(t, dir, f)
 		crds[c.GVK.Kind] = c
 	}
 	files, err := filepath.Glob("testdata/scaledobject-*.yaml")

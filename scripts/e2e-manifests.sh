@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Server-side dry-run of every overlay against the local cluster's real
-# kube-apiserver (CRDs from ../shared/crds installed first). Starts the
+# kube-apiserver (the CRDs of manifests/crds, read from each project's pinned
+# Go module, installed first). Starts the
 # cluster without metrics-server, runs the manifests e2e test, stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +19,5 @@ for _ in $(seq 1 180); do
 done
 grep -q '^local cluster up' "$log" || { cat "$log"; echo "e2e-manifests: the local cluster was not up within 180 s" >&2; exit 1; }
 MLSCALE_KUBECONFIG="$CACHE/run/pki/admin.kubeconfig" go test -tags e2e -count=1 -timeout 10m -run 'TestServerSideDryRun' -v ./manifests
+# The Helm chart's objects, every value set, the same way (charts/e2e_test.go).
+MLSCALE_KUBECONFIG="$CACHE/run/pki/admin.kubeconfig" go test -tags e2e -count=1 -timeout 10m -run 'TestChartServerSideDryRun' -v ./charts

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/mod/modfile"
+
+	"github.com/mlscale/mlscale/manifests/crds"
 )
 
 // Pinned versions of the components. The Kubernetes staging modules are
@@ -30,8 +32,9 @@ const (
 	StagingVersion       = "v0.37.2"
 	EtcdVersion          = "v3.6.16"
 	MetricsServerVersion = "v0.8.0"
-	// KEDAVersion is the KEDA operator and metrics API server (issue 8).
-	KEDAVersion = "v2.21.0"
+	// KEDAVersion is the KEDA operator and metrics API server (issue 8),
+	// pinned with the CRDs the manifests are checked against.
+	KEDAVersion = crds.KEDAVersion
 	// PrometheusAdapterVersion is what `make bench-scaling` compares with.
 	PrometheusAdapterVersion = "v0.12.0"
 )
