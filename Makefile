@@ -70,7 +70,7 @@ e2e: build cluster-build certs ## End-to-end tests on the local cluster (go test
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v ./test/e2e/...
 
 .PHONY: e2e-manifests
-e2e-manifests: build cluster-build certs ## Server-side dry-run of every overlay on the local cluster's kube-apiserver (root).
+e2e-manifests: build cluster-build certs deps-helm ## Server-side dry-run of every overlay and of the Helm chart on the local cluster's kube-apiserver (root).
 	scripts/e2e-manifests.sh
 
 .PHONY: bench
