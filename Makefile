@@ -66,7 +66,7 @@ SCALING ?= requests
 CLUSTER_WITH ?= keda
 E2E_RUN ?= .
 .PHONY: e2e
-e2e: build cluster-build certs ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root; E2E_RUN selects tests).
+e2e: build cluster-build certs deps-helm ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root; E2E_RUN selects tests).
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v ./test/e2e/...
 
 .PHONY: e2e-manifests
