@@ -1,10 +1,14 @@
 // Command serverbench measures the real modelserver binary end to end on
 // loopback, as the seed's client loads it: N concurrent clients (4, the
 // seed's client_num) each sending requests of 1, 500 and 10,000 rows of 4
-// random integers 1..4 back to back. For each size it reports requests/s,
-// rows/s and latency p50/p99, next to pure inference rows/s (PredictBatch
-// on one goroutine, same model, same rows, same run), and the server's RSS
-// idle and under the 10,000-row load, read from /proc/PID/status.
+// random integers 1..4 back to back, over each protocol in turn: Seldon
+// REST (ndarray JSON, the seed's call), Seldon gRPC (tensor, SeldonClient's
+// default payload) and Open Inference Protocol gRPC (raw FP32 tensors, what
+// tritonclient sends), each gRPC client on its own connection. For each
+// size and protocol it reports requests/s, rows/s and latency p50/p99, next
+// to pure inference rows/s (PredictBatch on one goroutine, same model,
+// same rows, same run), and the server's RSS idle and under the
+// 10,000-row load, read from /proc/PID/status.
 //
 // It is run by `make bench-server` and writes a Markdown report.
 package main
@@ -13,11 +17,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -32,7 +38,11 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/mlscale/mlscale/api/inference"
+	"github.com/mlscale/mlscale/api/seldon"
 	"github.com/mlscale/mlscale/modelserver/xgboost"
 )
 
@@ -45,6 +55,7 @@ func main() {
 
 type result struct {
 	rows                 int
+	protocol             string
 	requests, failures   int64
 	seconds              float64
 	p50, p99             time.Duration
@@ -93,14 +104,25 @@ func run() error {
 	var results []result
 	for _, rows := range rowsList {
 		body, x := seedRows(rows)
-		r := result{rows: rows}
-		r.inferenceRowsPerSec, r.inferenceRowsPerCPU = inferenceRate(m, x, rows)
-		if err := load(srv, body, rows, *clients, *warmup, *duration, &r); err != nil {
-			return err
+		perSec, perCPU := inferenceRate(m, x, rows)
+		for _, proto := range protocols {
+			r := result{rows: rows, protocol: proto.name, inferenceRowsPerSec: perSec, inferenceRowsPerCPU: perCPU}
+			senders := make([]sender, *clients)
+			for c := range senders {
+				snd, closeFn, err := proto.sender(srv, body, x, rows)
+				if err != nil {
+					return fmt.Errorf("%s client: %w", proto.name, err)
+				}
+				defer closeFn()
+				senders[c] = snd
+			}
+			if err := load(srv, senders, rows, *warmup, *duration, &r); err != nil {
+				return fmt.Errorf("%s, %d rows: %w", proto.name, rows, err)
+			}
+			results = append(results, r)
+			fmt.Fprintf(os.Stderr, "rows=%d %s: %.0f req/s, %.0f rows/s (inference %.0f rows/s), p50 %v p99 %v, %d failures\n",
+				rows, proto.name, float64(r.requests)/r.seconds, float64(r.requests)*float64(rows)/r.seconds, r.inferenceRowsPerSec, r.p50, r.p99, r.failures)
 		}
-		results = append(results, r)
-		fmt.Fprintf(os.Stderr, "rows=%d: %.0f req/s, %.0f rows/s (inference %.0f rows/s), p50 %v p99 %v, %d failures\n",
-			rows, float64(r.requests)/r.seconds, float64(r.requests)*float64(rows)/r.seconds, r.inferenceRowsPerSec, r.p50, r.p99, r.failures)
 	}
 	peak, _ := rssKiB(srv.pid(), "VmHWM")
 	report := render(results, *clients, *duration, idleRSS, peak, loadStart, loadavg())
@@ -120,9 +142,9 @@ func run() error {
 }
 
 type server struct {
-	cmd  *exec.Cmd
-	addr string
-	done chan error
+	cmd            *exec.Cmd
+	addr, grpcAddr string
+	done           chan error
 }
 
 func (s *server) pid() int { return s.cmd.Process.Pid }
@@ -138,13 +160,19 @@ func startServer(bin, model string) (*server, error) {
 		return nil, fmt.Errorf("starting %s: %w", bin, err)
 	}
 	s := &server{cmd: cmd, done: make(chan error, 1)}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	out := bufio.NewReader(stdout)
+	line, err := out.ReadString('\n')
 	if err != nil {
 		_ = cmd.Process.Kill()
 		return nil, fmt.Errorf("reading the listen address from %s: %w", bin, err)
 	}
 	s.addr = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
-	go func() { _, _ = io.Copy(io.Discard, stdout); s.done <- cmd.Wait() }()
+	if line, err = out.ReadString('\n'); err != nil || !strings.HasPrefix(line, "grpc listening on ") {
+		_ = cmd.Process.Kill()
+		return nil, fmt.Errorf("reading the gRPC address from %s: %q, %v", bin, line, err)
+	}
+	s.grpcAddr = strings.TrimSpace(strings.TrimPrefix(line, "grpc listening on "))
+	go func() { _, _ = io.Copy(io.Discard, out); s.done <- cmd.Wait() }()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		resp, err := http.Get("http://" + s.addr + "/ready")
 		if err == nil {
@@ -213,30 +241,103 @@ func inferenceRate(m *xgboost.Model, x []float32, rows int) (perSec, perCPU floa
 	return float64(n*rows) / wall, float64(n*rows) / (cpu1 - cpu0)
 }
 
-func load(s *server, body []byte, rows, clients int, warmup, duration time.Duration, r *result) error {
-	url := "http://" + s.addr + "/api/v1.0/predictions"
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients, DisableCompression: true}}
-	defer client.CloseIdleConnections()
+// sender sends one request and checks that it was answered.
+type sender func() error
 
-	// One checked answer first: the load is only worth measuring if the
-	// server answers it properly.
+// protocol makes one client's sender for a batch: its own connection, the
+// batch encoded once, the first answer checked for its row count.
+type protocol struct {
+	name   string
+	sender func(s *server, body []byte, x []float32, rows int) (sender, func(), error)
+}
+
+var protocols = []protocol{
+	{"Seldon REST (ndarray JSON)", restSender},
+	{"Seldon gRPC (tensor)", seldonGRPCSender},
+	{"v2 gRPC (raw FP32)", v2GRPCSender},
+}
+
+func restSender(s *server, body []byte, _ []float32, rows int) (sender, func(), error) {
+	url := "http://" + s.addr + "/api/v1.0/predictions"
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}}
 	if err := checkAnswer(client, url, body, rows); err != nil {
+		return nil, nil, err
+	}
+	return func() error { return post(client, url, body) }, client.CloseIdleConnections, nil
+}
+
+func grpcConn(s *server) (*grpc.ClientConn, error) {
+	return grpc.NewClient(s.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+}
+
+func seldonGRPCSender(s *server, _ []byte, x []float32, rows int) (sender, func(), error) {
+	conn, err := grpcConn(s)
+	if err != nil {
+		return nil, nil, err
+	}
+	vals := make([]float64, len(x))
+	for i, f := range x {
+		vals[i] = float64(f)
+	}
+	req := &seldon.SeldonMessage{DataOneof: &seldon.SeldonMessage_Data{Data: &seldon.DefaultData{
+		DataOneof: &seldon.DefaultData_Tensor{Tensor: &seldon.Tensor{Shape: []int32{int32(rows), 4}, Values: vals}}}}}
+	c := seldon.NewSeldonClient(conn)
+	send := func() error {
+		resp, err := c.Predict(context.Background(), req)
+		if err == nil && len(resp.GetData().GetTensor().GetValues()) != rows*3 {
+			err = fmt.Errorf("answer has %d values, want %d", len(resp.GetData().GetTensor().GetValues()), rows*3)
+		}
 		return err
 	}
+	if err := send(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return send, func() { conn.Close() }, nil
+}
 
+func v2GRPCSender(s *server, _ []byte, x []float32, rows int) (sender, func(), error) {
+	conn, err := grpcConn(s)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw := make([]byte, 0, 4*len(x))
+	for _, f := range x {
+		raw = binary.LittleEndian.AppendUint32(raw, math.Float32bits(f))
+	}
+	req := &inference.ModelInferRequest{ModelName: "iris",
+		Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "input-0", Datatype: "FP32", Shape: []int64{int64(rows), 4}}},
+		RawInputContents: [][]byte{raw}}
+	c := inference.NewGRPCInferenceServiceClient(conn)
+	send := func() error {
+		resp, err := c.ModelInfer(context.Background(), req)
+		if err == nil && (len(resp.GetRawOutputContents()) != 1 || len(resp.GetRawOutputContents()[0]) != rows*3*4) {
+			err = fmt.Errorf("answer has no raw output of %d rows", rows)
+		}
+		return err
+	}
+	if err := send(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return send, func() { conn.Close() }, nil
+}
+
+func load(s *server, senders []sender, rows int, warmup, duration time.Duration, r *result) error {
 	var measuring atomic.Bool
 	var failures atomic.Int64
-	hists := make([]*hdrhistogram.Histogram, clients)
+	hists := make([]*hdrhistogram.Histogram, len(senders))
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for c := range clients {
+	for c, send := range senders {
 		hists[c] = hdrhistogram.New(1, int64(60*time.Second/time.Microsecond), 3)
 		wg.Add(1)
 		go func(h *hdrhistogram.Histogram) {
 			defer wg.Done()
 			for ctx.Err() == nil {
 				t0 := time.Now()
-				err := post(client, url, body)
+				err := send()
 				d := time.Since(t0)
 				if !measuring.Load() {
 					continue
@@ -375,19 +476,33 @@ func cpuModel() string {
 func render(rs []result, clients int, d time.Duration, idle, peak int64, load0, load1 string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Model server end to end (loopback)\n\n")
-	fmt.Fprintf(&b, "%s, %d cores (nproc), %s; %s. %d clients back to back, %v measured per size after warm-up; seed rows (4 random integers 1..4), Seldon ndarray. Load average before/after: %s / %s (the machine is shared).\n\n",
+	fmt.Fprintf(&b, "%s, %d cores (nproc), %s; %s. %d clients back to back (each its own connection), %v measured per size and protocol after warm-up; seed rows (4 random integers 1..4). Load average before/after: %s / %s (the machine is shared).\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), runtime.Version(), clients, d, load0, load1)
-	fmt.Fprintf(&b, "| rows/request | requests/s | rows/s | p50 | p99 | server CPU (cores) | server rows per CPU-s | inference rows/s (1 goroutine) | inference rows per CPU-s | end-to-end / inference, per CPU-s |\n")
-	fmt.Fprintf(&b, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| rows/request | protocol | requests/s | rows/s | p50 | p99 | server CPU (cores) | server rows per CPU-s | inference rows/s (1 goroutine) | inference rows per CPU-s | end-to-end / inference, per CPU-s |\n")
+	fmt.Fprintf(&b, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	rest := map[int]result{}
 	for _, r := range rs {
 		rps := float64(r.requests) / r.seconds
 		rows := rps * float64(r.rows)
 		cores := r.serverCPUSecondsUsed / r.seconds
 		perCPU := rows / cores
-		fmt.Fprintf(&b, "| %d | %.0f | %.0f | %s | %s | %.2f | %.0f | %.0f | %.0f | %.2f |\n",
-			r.rows, rps, rows, ms(r.p50), ms(r.p99), cores, perCPU, r.inferenceRowsPerSec, r.inferenceRowsPerCPU, perCPU/r.inferenceRowsPerCPU)
+		if r.protocol == protocols[0].name {
+			rest[r.rows] = r
+		}
+		fmt.Fprintf(&b, "| %d | %s | %.0f | %.0f | %s | %s | %.2f | %.0f | %.0f | %.0f | %.2f |\n",
+			r.rows, r.protocol, rps, rows, ms(r.p50), ms(r.p99), cores, perCPU, r.inferenceRowsPerSec, r.inferenceRowsPerCPU, perCPU/r.inferenceRowsPerCPU)
 	}
-	fmt.Fprintf(&b, "\nThe last column is the share of the server's CPU that goes to the model: 1.0 would mean HTTP, JSON and metrics cost nothing. It is per CPU second because the wall-clock figures depend on how much of the shared machine each process got.\n")
+	fmt.Fprintf(&b, "\nEach protocol against Seldon REST at the same size (rows/s; rows per server CPU-s):\n\n")
+	for _, r := range rs {
+		base, ok := rest[r.rows]
+		if !ok || r.protocol == protocols[0].name || base.requests == 0 || r.requests == 0 {
+			continue
+		}
+		rowsPerSec := func(x result) float64 { return float64(x.requests) * float64(x.rows) / x.seconds }
+		perCPU := func(x result) float64 { return rowsPerSec(x) / (x.serverCPUSecondsUsed / x.seconds) }
+		fmt.Fprintf(&b, "- %d rows, %s: %.2fx rows/s, %.2fx rows per CPU-s\n", r.rows, r.protocol, rowsPerSec(r)/rowsPerSec(base), perCPU(r)/perCPU(base))
+	}
+	fmt.Fprintf(&b, "\nThe last column of the table is the share of the server's CPU that goes to the model: 1.0 would mean the transport, encoding and metrics cost nothing. It is per CPU second because the wall-clock figures depend on how much of the shared machine each process got.\n")
 	var under int64
 	for _, r := range rs {
 		under = max(under, r.rssUnderLoadKiB)
