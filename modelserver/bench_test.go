@@ -2,6 +2,7 @@ package modelserver
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,7 +15,10 @@ import (
 	jsoniter "github.com/json-iterator/go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fastjson"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/mlscale/mlscale/api/inference"
+	"github.com/mlscale/mlscale/api/seldon"
 	"github.com/mlscale/mlscale/modelserver/xgboost"
 )
 
@@ -250,5 +254,52 @@ func BenchmarkServe(b *testing.B) {
 			}
 			b.ReportMetric(float64(rows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
 		})
+		// The gRPC handlers on the same rows, with protobuf decoding of the
+		// request and encoding of the answer, as grpc-go does around them.
+		vals := make([]float64, len(x))
+		for i, f := range x {
+			vals[i] = float64(f)
+		}
+		grpcCases := []struct {
+			name string
+			req  proto.Message
+			call func(proto.Message) (proto.Message, error)
+		}{
+			{"grpc-seldon-tensor", &seldon.SeldonMessage{DataOneof: &seldon.SeldonMessage_Data{Data: &seldon.DefaultData{
+				DataOneof: &seldon.DefaultData_Tensor{Tensor: &seldon.Tensor{Shape: []int32{int32(rows), 4}, Values: vals}}}}},
+				func(m proto.Message) (proto.Message, error) {
+					return (&seldonGRPC{s: s}).Predict(context.Background(), m.(*seldon.SeldonMessage))
+				}},
+			{"grpc-v2-raw", &inference.ModelInferRequest{ModelName: "iris",
+				Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Datatype: "FP32", Shape: []int64{int64(rows), 4}}},
+				RawInputContents: [][]byte{appendRawFP32(nil, x)}},
+				func(m proto.Message) (proto.Message, error) {
+					return (&v2GRPC{s: s}).ModelInfer(context.Background(), m.(*inference.ModelInferRequest))
+				}},
+		}
+		for _, gc := range grpcCases {
+			wire, err := proto.Marshal(gc.req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Run(fmt.Sprintf("rows=%d/%s", rows, gc.name), func(b *testing.B) {
+				b.SetBytes(int64(len(wire)))
+				b.ReportAllocs()
+				for i := 0; i < b.N; i++ {
+					req := gc.req.ProtoReflect().New().Interface()
+					if err := proto.Unmarshal(wire, req); err != nil {
+						b.Fatal(err)
+					}
+					resp, err := gc.call(req)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := proto.Marshal(resp); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(rows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+			})
+		}
 	}
 }

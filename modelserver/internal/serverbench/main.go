@@ -74,6 +74,7 @@ func run() error {
 		duration = flag.Duration("duration", 5*time.Second, "measured time per batch size")
 		warmup   = flag.Duration("warmup", time.Second, "unmeasured load before each measurement")
 		sizes    = flag.String("rows", "1,500,10000", "rows per request, comma-separated")
+		only     = flag.String("protocol", "", "measure only the protocols whose name contains this (e.g. gRPC, raw)")
 	)
 	flag.Parse()
 	var rowsList []int
@@ -106,6 +107,9 @@ func run() error {
 		body, x := seedRows(rows)
 		perSec, perCPU := inferenceRate(m, x, rows)
 		for _, proto := range protocols {
+			if !strings.Contains(proto.name, *only) {
+				continue
+			}
 			r := result{rows: rows, protocol: proto.name, inferenceRowsPerSec: perSec, inferenceRowsPerCPU: perCPU}
 			senders := make([]sender, *clients)
 			for c := range senders {
@@ -120,8 +124,8 @@ func run() error {
 				return fmt.Errorf("%s, %d rows: %w", proto.name, rows, err)
 			}
 			results = append(results, r)
-			fmt.Fprintf(os.Stderr, "rows=%d %s: %.0f req/s, %.0f rows/s (inference %.0f rows/s), p50 %v p99 %v, %d failures\n",
-				rows, proto.name, float64(r.requests)/r.seconds, float64(r.requests)*float64(rows)/r.seconds, r.inferenceRowsPerSec, r.p50, r.p99, r.failures)
+			fmt.Fprintf(os.Stderr, "rows=%d %s: %.0f req/s, %.0f rows/s (inference %.0f rows/s), p50 %v p99 %v, %d failures, peak RSS %.1f MiB\n",
+				rows, proto.name, float64(r.requests)/r.seconds, float64(r.requests)*float64(rows)/r.seconds, r.inferenceRowsPerSec, r.p50, r.p99, r.failures, float64(r.rssUnderLoadKiB)/1024)
 		}
 	}
 	peak, _ := rssKiB(srv.pid(), "VmHWM")
