@@ -30,6 +30,7 @@ import (
 )
 
 const usage = `Usage: loadgen [flags]
+       loadgen tune [flags]   (one pod's capacity and the autoscaling target: loadgen tune --help)
 
 Runs the tasks of a scenario against a prediction endpoint and writes
 requests.csv, replicas.csv, summary.json, summary.txt and chart.png into --out.
@@ -68,6 +69,9 @@ func main() {
 }
 
 func runMain(args []string) error {
+	if len(args) > 0 && args[0] == "tune" {
+		return runTune(args[1:])
+	}
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
 	var (
