@@ -3,6 +3,7 @@ package adapter
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"net"
 	"net/http"
@@ -36,6 +37,7 @@ import (
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/apiserver"
 
 	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/internal/testenv"
 	"github.com/mlscale/mlscale/loadgen"
 	"github.com/mlscale/mlscale/loadgen/request"
 	"github.com/mlscale/mlscale/loadgen/scenario"
@@ -126,7 +128,7 @@ func modelPod(t *testing.T, ctx context.Context, model modelserver.Predictor, ip
 	}
 	ln, err := net.Listen("tcp", ip+":0")
 	if err != nil {
-		t.Skipf("loopback address %s not usable: %v", ip, err)
+		testenv.RequireOrSkip(t, fmt.Sprintf("loopback address %s not usable: %v", ip, err))
 	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go hs.Serve(ln) //nolint:errcheck // ends with Close

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 // These tests build the binaries (`go build`, minutes on a busy machine), so
@@ -87,7 +89,7 @@ func TestArgsAreFlagsTheBinariesDefine(t *testing.T) {
 				seen[key] = true
 				t.Run(name+"/"+pt.where+"/"+c.Name, func(t *testing.T) {
 					if _, err := os.Stat(bin); err != nil {
-						t.Skipf("%s is not built yet (cmd/%s missing)", c.Command[0], filepath.Base(bin))
+						testenv.RequireOrSkip(t, fmt.Sprintf("%s is not built (cmd/%s missing)", c.Command[0], filepath.Base(bin)))
 					}
 					args := append(expandArgs(c, "127.0.0.1"), "--help")
 					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -26,6 +26,8 @@ import (
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/kustomize/kyaml/kio"
+
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 const fieldManager = "mlscale-manifests-e2e"
@@ -47,7 +49,7 @@ var unvalidatedGroups = []string{"cert-manager.io"}
 func TestServerSideDryRun(t *testing.T) {
 	kubeconfig := os.Getenv("MLSCALE_KUBECONFIG")
 	if kubeconfig == "" {
-		t.Skip("MLSCALE_KUBECONFIG is not set: no cluster to dry-run against (make e2e starts one)")
+		testenv.RequireOrSkip(t, "MLSCALE_KUBECONFIG is not set: no cluster to dry-run against (make e2e-manifests starts one)")
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {

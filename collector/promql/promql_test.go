@@ -28,9 +28,22 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
-const prometheusBin = "/usr/bin/prometheus"
+// prometheusBin is the real Prometheus server (Debian's package, which
+// `make test` installs through deps-prometheus).
+func prometheusBin(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("prometheus"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/bin/prometheus"); err == nil {
+		return "/usr/bin/prometheus"
+	}
+	testenv.RequireOrSkip(t, "the prometheus binary is not installed (make deps-prometheus, or apt-get install prometheus)")
+	return ""
+}
 
 // endpoint is a loopback metrics endpoint whose request counter grows at a
 // steady rate, every request 4 rows taking 3 ms.
@@ -81,9 +94,7 @@ func freePort(t testing.TB) int {
 // name → URL) in namespace models every interval, and returns its URL.
 func startPrometheus(t testing.TB, ctx context.Context, interval time.Duration, targets map[string]string) string {
 	t.Helper()
-	if _, err := os.Stat(prometheusBin); err != nil {
-		t.Skipf("%s not installed (apt-get install prometheus)", prometheusBin)
-	}
+	bin := prometheusBin(t)
 	dir := t.TempDir()
 	var b strings.Builder
 	fmt.Fprintf(&b, "global: {scrape_interval: %s, evaluation_interval: %s}\nscrape_configs:\n- job_name: pods\n  static_configs:\n", interval, interval)
@@ -95,7 +106,7 @@ func startPrometheus(t testing.TB, ctx context.Context, interval time.Duration, 
 		t.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cmd := exec.CommandContext(ctx, prometheusBin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+	cmd := exec.CommandContext(ctx, bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--log.level=warn")
 	var logs strings.Builder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
