@@ -63,7 +63,8 @@ type Rule struct {
 }
 
 // DefaultRules are the metrics served when the config names none, computed
-// from the model server's metrics contract (docs/ARCHITECTURE.md).
+// from the model server's metrics contract (contract/metrics.yaml, which
+// contract's tests hold these rules to).
 func DefaultRules() []Rule {
 	return []Rule{
 		{Name: "requests_per_second", Series: "mlscale_requests_total", Compute: ComputeRate, Aggregate: AggSum},

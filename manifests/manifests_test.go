@@ -19,6 +19,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/mlscale/mlscale/contract"
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 // imageRepos are the image names a container may use: the project's image,
@@ -29,8 +32,8 @@ var imageRepos = []string{"ghcr.io/mlscale/mlscale", "123456789012.dkr.ecr.us-ea
 var binaries = []string{"/modelserver", "/adapter", "/scaler", "/loadgen"}
 
 // servedMetrics are the adapter's and the scaler's default metric names
-// (docs/ARCHITECTURE.md, metrics contract).
-var servedMetrics = []string{"requests_per_second", "predicted_rows_per_second", "batch_size", "inflight_requests", "request_duration_p99_seconds", "cpu_usage_cores"}
+// (the metrics contract, contract/metrics.yaml).
+var servedMetrics = contract.Metrics().ServedNames()
 
 func TestEveryOverlayRenders(t *testing.T) {
 	all := renderAll(t)
@@ -581,7 +584,7 @@ func underMount(c corev1.Container, p string) bool {
 func TestNoCommittedPrivateKeys(t *testing.T) {
 	out, err := exec.Command("git", "ls-files", "-z", ".").Output()
 	if err != nil {
-		t.Skipf("not a git checkout: %v", err)
+		testenv.RequireOrSkip(t, fmt.Sprintf("not a git checkout (git ls-files): %v", err))
 	}
 	for _, f := range strings.Split(strings.TrimRight(string(out), "\x00"), "\x00") {
 		b, err := os.ReadFile(f)

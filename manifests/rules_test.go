@@ -7,24 +7,24 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/contract"
 )
 
 // TestRecordingRules parses every PrometheusRule expression with Prometheus's
-// parser, checks it reads only series the model server exports, keeps the
-// namespace and pod labels (the per-pod values are what the PromQL source
-// serves), and that every served metric has a recording rule.
+// parser, checks it reads only series the model server exports by the
+// metrics contract (contract/metrics.yaml), keeps the namespace and pod
+// labels (the per-pod values are what the PromQL source serves), and that
+// every served metric of the contract has a recording rule.
 func TestRecordingRules(t *testing.T) {
 	objs := renderAll(t)["prometheus"]
 	rules := ofKind(objs, "PrometheusRule")
 	if len(rules) == 0 {
 		t.Fatal("the prometheus overlay has no PrometheusRule")
 	}
+	c := contract.Metrics()
 	exported := map[string]bool{}
-	for _, r := range collector.DefaultRules() {
-		for _, s := range []string{"", "_bucket", "_sum", "_count"} {
-			exported[r.Series+s] = true
-		}
+	for _, s := range c.SeriesNames() {
+		exported[s] = true
 	}
 	p := parser.NewParser(parser.Options{})
 	recorded := map[string]bool{}
@@ -62,7 +62,7 @@ func TestRecordingRules(t *testing.T) {
 					if agg == nil || agg.Without || !containsAll(agg.Grouping, "namespace", "pod") {
 						t.Errorf("%q does not aggregate by (namespace, pod)", expr)
 					}
-					for _, r := range collector.DefaultRules() {
+					for _, r := range c.Served {
 						if strings.Contains(expr, r.Series) {
 							recorded[r.Name] = true
 						}
@@ -71,7 +71,7 @@ func TestRecordingRules(t *testing.T) {
 			}
 		}
 	}
-	for _, r := range collector.DefaultRules() {
+	for _, r := range c.Served {
 		if !recorded[r.Name] {
 			t.Errorf("served metric %s has no recording rule", r.Name)
 		}

@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/prometheus/promql/parser"
 
-	"github.com/mlscale/mlscale/collector"
+	"github.com/mlscale/mlscale/contract"
 )
 
 // kubeStateMetricsHPA are the kube-state-metrics series of HPAs the dashboard
@@ -28,16 +28,14 @@ var kubeStateMetricsHPA = []string{
 	"kube_horizontalpodautoscaler_status_desired_replicas",
 }
 
-// exposedSeries are the series names the model server's metrics produce for
-// the collector's default rules: counters and gauges as named, histograms as
-// their _bucket, _sum and _count series.
+// exposedSeries are the series names a model server exposes by the metrics
+// contract (contract/metrics.yaml: counters and gauges as named, histograms
+// as their _bucket, _sum and _count series), and kube-state-metrics' HPA
+// series.
 func exposedSeries() map[string]bool {
 	out := map[string]bool{}
-	for _, r := range collector.DefaultRules() {
-		out[r.Series] = true
-		for _, s := range []string{"_bucket", "_sum", "_count"} {
-			out[r.Series+s] = true
-		}
+	for _, s := range contract.Metrics().SeriesNames() {
+		out[s] = true
 	}
 	for _, s := range kubeStateMetricsHPA {
 		out[s] = true
@@ -169,8 +167,8 @@ func TestEveryQueryParses(t *testing.T) {
 	if queries < 10 {
 		t.Errorf("parsed %d queries; the dashboard has lost panels", queries)
 	}
-	// Every series behind a served metric has a panel.
-	for _, r := range collector.DefaultRules() {
+	// Every series behind a served metric of the contract has a panel.
+	for _, r := range contract.Metrics().Served {
 		if !used[r.Series] && !used[r.Series+"_bucket"] && !used[r.Series+"_sum"] {
 			t.Errorf("served metric %s (series %s) has no panel", r.Name, r.Series)
 		}
