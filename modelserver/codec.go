@@ -1,12 +1,16 @@
 package modelserver
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"math"
 	"strconv"
 
 	"github.com/valyala/fastjson"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/mlscale/mlscale/api/tensorflow"
 )
 
 // Request decoding is the server's hot path: a 10,000-row request carries
@@ -29,7 +33,7 @@ type dataForm uint8
 const (
 	formNDArray dataForm = iota
 	formTensor
-	formTFTensor // gRPC only: TensorFlow's TensorProto
+	formTFTensor // TensorFlow's TensorProto
 )
 
 // seldonRequest is what the decoder keeps of a Seldon request besides the
@@ -165,7 +169,7 @@ func decodeSeldonData(root *fastjson.Value, bodyLen, nf int, x []float32) ([]flo
 	if data == nil {
 		for _, k := range []string{"jsonData", "strData", "binData"} {
 			if root.Get(k) != nil {
-				return x, 0, 0, badRequest("%s is not supported: this model takes numeric rows in data.ndarray or data.tensor", k)
+				return x, 0, 0, badRequest("%s is not supported: this model takes numeric rows in data.ndarray, data.tensor or data.tftensor", k)
 			}
 		}
 		return x, 0, 0, badRequest("request has no \"data\" field: send {\"data\": {\"ndarray\": [[...%d features...], ...]}}", nf)
@@ -187,18 +191,64 @@ func decodeSeldonData(root *fastjson.Value, bodyLen, nf int, x []float32) ([]flo
 			}
 		}
 	}
-	nd, tn := data.Get("ndarray"), data.Get("tensor")
-	switch {
-	case nd != nil && tn != nil:
-		return x, 0, 0, badRequest("data has both ndarray and tensor; send one")
-	case nd != nil:
-		x, rows, err := decodeRows(nd, "data.ndarray", nf, x)
-		return x, rows, formNDArray, err
-	case tn != nil:
-		x, rows, err := decodeTensor(tn, nf, bodyLen, x)
-		return x, rows, formTensor, err
+	var form dataForm
+	var v *fastjson.Value
+	for _, f := range [...]struct {
+		key  string
+		form dataForm
+	}{{"ndarray", formNDArray}, {"tensor", formTensor}, {"tftensor", formTFTensor}} {
+		e := data.Get(f.key)
+		if e == nil {
+			continue
+		}
+		if v != nil {
+			return x, 0, 0, badRequest("data has both %s and %s; send one", seldonForms[form], f.key)
+		}
+		v, form = e, f.form
 	}
-	return x, 0, 0, badRequest("data has no ndarray or tensor: send {\"data\": {\"ndarray\": [[...%d features...], ...]}}", nf)
+	var rows int
+	var err error
+	switch {
+	case v == nil:
+		return x, 0, 0, badRequest("data has no ndarray, tensor or tftensor: send {\"data\": {\"ndarray\": [[...%d features...], ...]}}", nf)
+	case form == formNDArray:
+		x, rows, err = decodeRows(v, "data.ndarray", nf, x)
+	case form == formTensor:
+		x, rows, err = decodeTensor(v, nf, bodyLen, x)
+	default:
+		x, rows, err = decodeTFJSON(v, nf, x)
+	}
+	return x, rows, form, err
+}
+
+// seldonForms names each data form as its SeldonMessage field.
+var seldonForms = [...]string{formNDArray: "ndarray", formTensor: "tensor", formTFTensor: "tftensor"}
+
+// decodeTFJSON reads data.tftensor, TensorFlow's TensorProto in protobuf's
+// JSON form (what SeldonClient's payload_type="tftensor" sends over REST:
+// json_format.MessageToJson of tf.make_tensor_proto), with protobuf's own
+// JSON parser, then the same rows as the gRPC tftensor.
+func decodeTFJSON(v *fastjson.Value, nf int, x []float32) ([]float32, int, error) {
+	if v.Type() != fastjson.TypeObject {
+		return x, 0, badRequest("data.tftensor must be an object (a TensorProto), got %s", v.Type())
+	}
+	var t tensorflow.TensorProto
+	if err := protojson.Unmarshal(v.MarshalTo(nil), &t); err != nil {
+		return x, 0, badRequest("data.tftensor is not a TensorProto: %v", err)
+	}
+	return tfRows(&t, nf, x)
+}
+
+// appendTFTensorJSON writes out as the python wrapper answers a tftensor
+// request: MessageToJson(tf.make_tensor_proto(predictions)), float32.
+func appendTFTensorJSON(b []byte, out []float32, rows, no int) []byte {
+	b = append(b, `"tftensor":{"dtype":"DT_FLOAT","tensorShape":{"dim":[{"size":"`...)
+	b = strconv.AppendInt(b, int64(rows), 10)
+	b = append(b, `"},{"size":"`...)
+	b = strconv.AppendInt(b, int64(no), 10)
+	b = append(b, `"}]},"tensorContent":"`...)
+	b = base64.StdEncoding.AppendEncode(b, appendRawFP32(nil, out))
+	return append(b, `"}`...)
 }
 
 // decodeRows reads an array of rows, each an array of nf numbers.

@@ -522,7 +522,9 @@ func (s *Server) predictSeldon(w http.ResponseWriter, r *http.Request) (code, ro
 		return writeSeldonError(w, err), 0
 	}
 	b := append(wk.resp[:0], s.seldonPrefix...)
-	if req.form == formTensor {
+	if req.form == formTFTensor {
+		b = appendTFTensorJSON(b, wk.out[:n*s.no], n, s.no)
+	} else if req.form == formTensor {
 		b = append(b, `"tensor":{"shape":[`...)
 		b = strconv.AppendInt(b, int64(n), 10)
 		b = append(b, ',')

@@ -2,6 +2,7 @@ package modelserver_test
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -208,6 +210,34 @@ func TestGolden(t *testing.T) {
 			},
 		},
 		{
+			// SeldonClient(payload_type="tftensor") over REST: protobuf's JSON
+			// of tf.make_tensor_proto, answered the same way.
+			name: "seldon tftensor", path: "/api/v1.0/predictions",
+			body: fmt.Sprintf(`{"data":{"tftensor":{"dtype":"DT_DOUBLE","tensorShape":{"dim":[{"size":"%d"},{"size":"4"}]},"tensorContent":%q}}}`,
+				n, base64.StdEncoding.EncodeToString(rawFP64(goldenMatrix(g)))),
+			decode: func(t *testing.T, b []byte) [][]float64 {
+				var r struct {
+					Data struct {
+						TF struct {
+							Dtype       string `json:"dtype"`
+							TensorShape struct {
+								Dim []struct {
+									Size string `json:"size"`
+								} `json:"dim"`
+							} `json:"tensorShape"`
+							TensorContent []byte `json:"tensorContent"`
+						} `json:"tftensor"`
+					} `json:"data"`
+				}
+				mustUnmarshal(t, b, &r)
+				tf := r.Data.TF
+				if tf.Dtype != "DT_FLOAT" || len(tf.TensorShape.Dim) != 2 || tf.TensorShape.Dim[0].Size != strconv.Itoa(n) || tf.TensorShape.Dim[1].Size != "3" {
+					t.Errorf("tftensor answer %s, want DT_FLOAT [%d, 3]", b[:min(len(b), 200)], n)
+				}
+				return reshape(fromRawFP32(t, tf.TensorContent), 3)
+			},
+		},
+		{
 			name: "v2 flat FP32", path: "/v2/models/iris/infer",
 			body:   fmt.Sprintf(`{"inputs":[{"name":"input-0","shape":[%d,4],"datatype":"FP32","data":%s}]}`, n, flat),
 			decode: v2Outputs(n),
@@ -283,6 +313,11 @@ func TestAnswerShape(t *testing.T) {
 			`{"data":{"names":["t:0","t:1","t:2"],"tensor":{"shape":[1,3],"values":[10,0.25,-1e-07]}},"meta":{}}`,
 		},
 		{
+			"seldon tftensor", "/api/v1.0/predictions",
+			`{"data":{"tftensor":{"dtype":"DT_FLOAT","tensorShape":{"dim":[{"size":"1"},{"size":"4"}]},"floatVal":[1,2,3,4]}}}`,
+			`{"data":{"names":["t:0","t:1","t:2"],"tftensor":{"dtype":"DT_FLOAT","tensorShape":{"dim":[{"size":"1"},{"size":"3"}]},"tensorContent":"AAAgQQAAgD6Vv9az"}},"meta":{}}`,
+		},
+		{
 			"seldon missing values", "/predict",
 			`{"data":{"ndarray":[[null,NaN,1,1]]}}`,
 			`{"data":{"names":["t:0","t:1","t:2"],"ndarray":[[null,0.25,-1e-07]]},"meta":{}}`,
@@ -339,7 +374,11 @@ func TestBadInput(t *testing.T) {
 		{"not an object", "POST", "/api/v1.0/predictions", "application/json", `[[1,2,3,4]]`, 400, "must be a JSON object"},
 		{"no data", "POST", "/api/v1.0/predictions", "application/json", `{"meta":{}}`, 400, `no "data" field`},
 		{"strData", "POST", "/api/v1.0/predictions", "application/json", `{"strData":"hello"}`, 400, "strData is not supported"},
-		{"no ndarray or tensor", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"names":["a"]}}`, 400, "no ndarray or tensor"},
+		{"no ndarray or tensor", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"names":["a"]}}`, 400, "no ndarray, tensor or tftensor"},
+		{"tensor and tftensor", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"tensor":{},"tftensor":{}}}`, 400, "data has both tensor and tftensor; send one"},
+		{"tftensor not a TensorProto", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"tftensor":{"dtype":"DT_FLOAT","shape":[1,4]}}}`, 400, "data.tftensor is not a TensorProto"},
+		{"tftensor string dtype", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"tftensor":{"dtype":"DT_STRING","stringVal":["YQ=="]}}}`, 400, "data.tftensor.dtype DT_STRING is not supported"},
+		{"tftensor short content", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"tftensor":{"dtype":"DT_FLOAT","tensorShape":{"dim":[{"size":"2"},{"size":"4"}]},"tensorContent":"AACAPwAAAEAAAEBAAACAQA=="}}}`, 400, "more values than the 16 bytes of data.tftensor.tensor_content hold"},
 		{"wrong feature count", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"ndarray":[[1,2,3]]}}`, 400, "data.ndarray[0] has 3 values; the model takes 4 features"},
 		{"ragged rows", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"ndarray":[[1,2,3,4],[1,2,3,4,5]]}}`, 400, "data.ndarray[1] has 5 values"},
 		{"flat ndarray", "POST", "/api/v1.0/predictions", "application/json", `{"data":{"ndarray":[1,2,3,4]}}`, 400, "data.ndarray[0] must be an array of 4 numbers"},
@@ -442,7 +481,7 @@ mlscale_requests_total{code="200",model="iris",protocol="seldon"} 0
 mlscale_requests_total{code="200",model="iris",protocol="v2"} 0
 mlscale_requests_total{code="200",model="iris",protocol="seldon-grpc"} 0
 mlscale_requests_total{code="200",model="iris",protocol="v2-grpc"} 0
-mlscale_requests_total{code="400",model="iris",protocol="seldon"} 20
+mlscale_requests_total{code="400",model="iris",protocol="seldon"} 24
 mlscale_requests_total{code="400",model="iris",protocol="v2"} 12
 mlscale_requests_total{code="404",model="iris",protocol="v2"} 2
 mlscale_requests_total{code="405",model="iris",protocol="seldon"} 1
