@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -58,7 +59,9 @@ type Config struct {
 	// ChartWidth and ChartHeight in pixels (default 1400×700); a negative
 	// width skips the chart.
 	ChartWidth, ChartHeight int
-	Log                     *slog.Logger
+	// SLO, when set, is marked on the chart with the p99 of every 5 s.
+	SLO time.Duration
+	Log *slog.Logger
 }
 
 // Run executes the scenario. When ctx is cancelled (Ctrl-C) it stops
@@ -140,7 +143,11 @@ func Run(ctx context.Context, cfg Config) (*record.Summary, error) {
 				t := s.Time.Sub(begin).Seconds()
 				samples = append(samples, chart.Step{T: t, Replicas: float64(s.Status)})
 				if s.HPA != "" {
-					desired = append(desired, chart.Step{T: t, Replicas: float64(s.Desire)})
+					d := float64(s.Desire)
+					if !s.DesireKnown {
+						d = math.NaN() // undecided: a gap in the chart, not 0
+					}
+					desired = append(desired, chart.Step{T: t, Replicas: d})
 				}
 			}, func(err error) { cfg.Log.Warn("replica sample failed", "err", err) })
 		}()
@@ -201,7 +208,7 @@ func Run(ctx context.Context, cfg Config) (*record.Summary, error) {
 	}
 	if cfg.ChartWidth > 0 {
 		title := fmt.Sprintf("%s: latency per request and replicas", sc.Name)
-		d := chart.Data{Title: title, Requests: points, Replicas: samples, Desired: desired, Tasks: spans}
+		d := chart.Data{Title: title, Requests: points, Replicas: samples, Desired: desired, Tasks: spans, SLOMs: float64(cfg.SLO) / 1e6}
 		errs = append(errs, writeFile(filepath.Join(cfg.OutDir, ChartPNG), func(w io.Writer) error {
 			return chart.WritePNG(w, d, cfg.ChartWidth, cfg.ChartHeight)
 		}))

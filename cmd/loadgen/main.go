@@ -97,6 +97,7 @@ func runMain(args []string) error {
 		sampleEvery  = fs.Duration("sample-every", time.Second, "replica sampling interval")
 		chartSize    = fs.String("chart-size", "1400x700", "chart size in pixels, WIDTHxHEIGHT; \"none\" skips the chart")
 		progressMode = fs.String("progress", "auto", "auto (a bar on a terminal, log lines otherwise), bar, lines or none")
+		slo          = fs.Duration("slo", 0, "latency SLO to mark on the chart, with the p99 of every 5 s (0: none)")
 		cpuProfile   = fs.String("cpuprofile", "", "write the load client's own CPU profile here (is the generator the bottleneck?)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -199,7 +200,7 @@ func runMain(args []string) error {
 		Scenario: sc, Rows: rows, Seed: *seed, URL: url, Protocol: proto,
 		Client:     run.ClientOptions{Conns: conns, NewConnPerRequest: *newConn, Timeout: *timeout},
 		MaxWorkers: *maxWorkers, OutDir: *out, Sampler: sampler, SampleEvery: *sampleEvery,
-		Progress: rep, Table: os.Stdout, ChartWidth: width, ChartHeight: height, Log: log,
+		Progress: rep, Table: os.Stdout, ChartWidth: width, ChartHeight: height, SLO: *slo, Log: log,
 	})
 	fmt.Fprintf(os.Stdout, "results: %s\n", *out)
 	return runErr

@@ -8,6 +8,7 @@ import (
 	"image/color"
 	"io"
 	"math"
+	"sort"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -40,8 +41,14 @@ type Data struct {
 	Requests []Point
 	// Replicas is the scaled object's replica count (scale status);
 	// Desired the HPA's desired count, when known.
+	// A Desired step of NaN is an HPA that has not decided (before its
+	// first sync, or while it cannot read its metrics): a gap, never 0.
 	Replicas, Desired []Step
 	Tasks             []Span
+	// SLOMs, when set, is drawn as a horizontal line with the p99 of each
+	// P99Window of requests, so time over the SLO can be seen.
+	SLOMs     float64
+	P99Window float64
 }
 
 const dpi = 96
@@ -75,7 +82,10 @@ func WritePNG(w io.Writer, d Data, width, height int) error {
 	}
 	var rmax float64
 	for _, s := range append(append([]Step(nil), d.Replicas...), d.Desired...) {
-		xmax, rmax = math.Max(xmax, s.T), math.Max(rmax, s.Replicas)
+		xmax = math.Max(xmax, s.T)
+		if !math.IsNaN(s.Replicas) {
+			rmax = math.Max(rmax, s.Replicas)
+		}
 	}
 	for _, s := range d.Tasks {
 		xmax = math.Max(xmax, s.End)
@@ -115,6 +125,34 @@ func WritePNG(w io.Writer, d Data, width, height int) error {
 		p.Legend.Add(pts.name, sc)
 	}
 
+	// The p99 of each window of requests (by intended start) and the SLO.
+	if d.SLOMs > 0 {
+		win := d.P99Window
+		if win <= 0 {
+			win = 5
+		}
+		if p99 := WindowP99(d.Requests, win); len(p99) > 0 {
+			l, err := plotter.NewLine(p99)
+			if err != nil {
+				return fmt.Errorf("plotting p99: %w", err)
+			}
+			l.StepStyle = plotter.PostStep
+			l.LineStyle = draw.LineStyle{Color: color.Black, Width: vg.Points(1.2)}
+			p.Add(l)
+			p.Legend.Add(fmt.Sprintf("p99 per %gs", win), l)
+		}
+		sl, err := plotter.NewLine(plotter.XYs{{X: 0, Y: d.SLOMs}, {X: xmax, Y: d.SLOMs}})
+		if err != nil {
+			return err
+		}
+		sl.LineStyle = draw.LineStyle{Color: failColor, Width: vg.Points(1.2), Dashes: []vg.Length{vg.Points(8), vg.Points(4)}}
+		p.Add(sl)
+		p.Legend.Add(fmt.Sprintf("SLO %.0f ms", d.SLOMs), sl)
+		if p.Y.Max < d.SLOMs*1.2 {
+			p.Y.Max = d.SLOMs * 1.2
+		}
+	}
+
 	// Task boundaries: a dashed line at each start, the name above.
 	var labels plotter.XYLabels
 	for _, s := range d.Tasks {
@@ -144,15 +182,20 @@ func WritePNG(w io.Writer, d Data, width, height int) error {
 	if rmax >= rtop {
 		rtop = rmax + 1
 	}
+	// The HPA's desired count first, thin and dashed, so the replicas that
+	// exist, drawn last and thick, stay visible where the two agree.
 	for _, st := range []struct {
 		steps []Step
-		color color.Color
+		style draw.LineStyle
 		name  string
-	}{{d.Replicas, replicaColor, "replicas"}, {d.Desired, desireColor, "HPA desired"}} {
+	}{
+		{d.Desired, draw.LineStyle{Color: desireColor, Width: vg.Points(1.2), Dashes: []vg.Length{vg.Points(4), vg.Points(3)}}, "HPA desired"},
+		{d.Replicas, draw.LineStyle{Color: replicaColor, Width: vg.Points(3)}, "replicas"},
+	} {
 		if len(st.steps) == 0 {
 			continue
 		}
-		rl := &rightLine{steps: st.steps, top: rtop, style: draw.LineStyle{Color: st.color, Width: vg.Points(2)}}
+		rl := &rightLine{steps: st.steps, top: rtop, style: st.style}
 		p.Add(rl)
 		p.Legend.Add(st.name+" (right axis)", rl)
 	}
@@ -172,6 +215,29 @@ func WritePNG(w io.Writer, d Data, width, height int) error {
 	return nil
 }
 
+// WindowP99 is the p99 latency of the requests starting in each window of
+// win seconds, as (window start, p99) points; empty windows are left out.
+func WindowP99(reqs []Point, win float64) plotter.XYs {
+	buckets := map[int][]float64{}
+	for _, r := range reqs {
+		b := int(r.T / win)
+		buckets[b] = append(buckets[b], r.LatencyMs)
+	}
+	keys := make([]int, 0, len(buckets))
+	for k := range buckets {
+		keys = append(keys, k)
+	}
+	sort.Ints(keys)
+	out := make(plotter.XYs, 0, len(keys))
+	for _, k := range keys {
+		v := buckets[k]
+		sort.Float64s(v)
+		i := int(math.Ceil(0.99*float64(len(v)))) - 1
+		out = append(out, plotter.XY{X: float64(k) * win, Y: v[max(0, i)]})
+	}
+	return out
+}
+
 func px(n int) vg.Length { return vg.Length(n) * vg.Inch / dpi }
 
 // rightLine draws a step line in its own vertical scale (0..top), shown by
@@ -185,17 +251,36 @@ type rightLine struct {
 func (r *rightLine) Plot(c draw.Canvas, p *plot.Plot) {
 	x, _ := p.Transforms(&c)
 	y := func(v float64) vg.Length { return c.Min.Y + vg.Length(v/r.top)*(c.Max.Y-c.Min.Y) }
+	// Runs of known values, each held until the next sample; a NaN
+	// (unknown) ends a run and leaves a gap.
+	var runs [][]vg.Point
 	var pts []vg.Point
+	flush := func() {
+		if len(pts) == 1 {
+			pts = append(pts, vg.Point{X: pts[0].X + vg.Points(2), Y: pts[0].Y})
+		}
+		if len(pts) > 0 {
+			runs = append(runs, pts)
+		}
+		pts = nil
+	}
 	for i, s := range r.steps {
-		if i > 0 { // hold the previous value until this sample
+		if math.IsNaN(s.Replicas) {
+			if len(pts) > 0 { // hold the last value until this sample
+				pts = append(pts, vg.Point{X: x(s.T), Y: pts[len(pts)-1].Y})
+			}
+			flush()
+			continue
+		}
+		if len(pts) > 0 && i > 0 {
 			pts = append(pts, vg.Point{X: x(s.T), Y: y(r.steps[i-1].Replicas)})
 		}
 		pts = append(pts, vg.Point{X: x(s.T), Y: y(s.Replicas)})
 	}
-	if len(pts) == 1 {
-		pts = append(pts, vg.Point{X: pts[0].X + vg.Points(2), Y: pts[0].Y})
+	flush()
+	for _, run := range runs {
+		c.StrokeLines(r.style, c.ClipLinesXY(run)...)
 	}
-	c.StrokeLines(r.style, c.ClipLinesXY(pts)...)
 }
 
 // Thumbnail draws the legend entry.

@@ -73,3 +73,29 @@ func TestWritePNG(t *testing.T) {
 		t.Error("tiny chart: no error")
 	}
 }
+
+// Unknown desired counts (NaN) are gaps, the SLO and the windowed p99 are
+// drawn; WindowP99 takes the 99th percentile of each window.
+func TestWritePNGUnknownDesiredAndSLO(t *testing.T) {
+	d := seedLike()
+	for i := range d.Desired[:5] {
+		d.Desired[i].Replicas = math.NaN()
+	}
+	d.SLOMs = 500
+	var b bytes.Buffer
+	if err := WritePNG(&b, d, 800, 400); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := png.Decode(&b); err != nil {
+		t.Fatal(err)
+	}
+	var reqs []Point
+	for i := 0; i < 100; i++ {
+		reqs = append(reqs, Point{T: 0.01 * float64(i), LatencyMs: float64(i + 1)})
+	}
+	reqs = append(reqs, Point{T: 7, LatencyMs: 3})
+	got := WindowP99(reqs, 5)
+	if len(got) != 2 || got[0].Y != 99 || got[1].X != 5 || got[1].Y != 3 {
+		t.Errorf("WindowP99 = %v, want [(0, 99) (5, 3)]", got)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -34,6 +35,11 @@ type Sample struct {
 	// HPA is empty when no autoscaler was found.
 	HPA             string
 	Current, Desire int32
+	// DesireKnown says the HPA computed Desire from its metrics: false
+	// before its first sync and while it cannot read them (its status then
+	// holds 0 or the current count, not a decision), so Desire must not be
+	// drawn or counted as one.
+	DesireKnown bool
 	// Metrics are the HPA's current metric values, e.g. "cpu=41%" or
 	// "pods/requests_per_second=12.5".
 	Metrics []string
@@ -103,6 +109,7 @@ func (k *kubeSampler) Sample(ctx context.Context) (Sample, error) {
 	if hpa != nil {
 		s.HPA = hpa.Name
 		s.Current, s.Desire = hpa.Status.CurrentReplicas, hpa.Status.DesiredReplicas
+		s.DesireKnown = DesireKnown(hpa.Status)
 		for _, m := range hpa.Status.CurrentMetrics {
 			s.Metrics = append(s.Metrics, FormatMetric(m))
 		}
@@ -141,6 +148,19 @@ func (k *kubeSampler) hpa(ctx context.Context) (*autoscalingv2.HorizontalPodAuto
 		return derived[0], nil
 	}
 	return nil, nil
+}
+
+// DesireKnown says whether an HPA status's desiredReplicas is a decision:
+// ScalingActive is True (the metrics were read), or False only because the
+// target is at zero replicas (ScalingDisabled, KEDA's idle state, where 0 is
+// the real count).
+func DesireKnown(st autoscalingv2.HorizontalPodAutoscalerStatus) bool {
+	for _, c := range st.Conditions {
+		if c.Type == autoscalingv2.ScalingActive {
+			return c.Status == corev1.ConditionTrue || c.Reason == "ScalingDisabled"
+		}
+	}
+	return false
 }
 
 // FormatMetric renders an HPA metric status as name=value.
@@ -214,8 +234,13 @@ func NewCSVWriter(w io.Writer, begin time.Time) (*CSVWriter, error) {
 // Write appends a sample and flushes, so the file is current while a long
 // run is watched.
 func (c *CSVWriter) Write(s Sample) error {
-	_, err := fmt.Fprintf(c.w, "%s,%.3f,%d,%d,%s,%d,%d,%s\n", s.Time.UTC().Format(time.RFC3339Nano),
-		s.Time.Sub(c.begin).Seconds(), s.Spec, s.Status, s.HPA, s.Current, s.Desire, quote(strings.Join(s.Metrics, ";")))
+	// An HPA's undecided desired count is left empty, not written as 0.
+	desire := ""
+	if s.HPA != "" && s.DesireKnown {
+		desire = strconv.Itoa(int(s.Desire))
+	}
+	_, err := fmt.Fprintf(c.w, "%s,%.3f,%d,%d,%s,%d,%s,%s\n", s.Time.UTC().Format(time.RFC3339Nano),
+		s.Time.Sub(c.begin).Seconds(), s.Spec, s.Status, s.HPA, s.Current, desire, quote(strings.Join(s.Metrics, ";")))
 	if err == nil {
 		err = c.w.Flush()
 	}

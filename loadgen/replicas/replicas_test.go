@@ -174,6 +174,29 @@ func TestLoop(t *testing.T) {
 	}
 }
 
+func TestDesireKnown(t *testing.T) {
+	cond := func(status corev1.ConditionStatus, reason string) autoscalingv2.HorizontalPodAutoscalerStatus {
+		return autoscalingv2.HorizontalPodAutoscalerStatus{Conditions: []autoscalingv2.HorizontalPodAutoscalerCondition{
+			{Type: autoscalingv2.AbleToScale, Status: corev1.ConditionTrue},
+			{Type: autoscalingv2.ScalingActive, Status: status, Reason: reason},
+		}}
+	}
+	for _, tc := range []struct {
+		name string
+		st   autoscalingv2.HorizontalPodAutoscalerStatus
+		want bool
+	}{
+		{"before the first sync", autoscalingv2.HorizontalPodAutoscalerStatus{}, false},
+		{"metrics read", cond(corev1.ConditionTrue, "ValidMetricFound"), true},
+		{"metrics missing", cond(corev1.ConditionFalse, "FailedGetPodsMetric"), false},
+		{"scaled to zero", cond(corev1.ConditionFalse, "ScalingDisabled"), true},
+	} {
+		if got := DesireKnown(tc.st); got != tc.want {
+			t.Errorf("%s: DesireKnown = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestCSV(t *testing.T) {
 	var buf bytes.Buffer
 	begin := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -181,11 +204,16 @@ func TestCSV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Write(Sample{Time: begin.Add(1500 * time.Millisecond), Spec: 2, Status: 1, HPA: "h", Current: 1, Desire: 2, Metrics: []string{"cpu=41%", "pods/x=1"}}); err != nil {
+	if err := w.Write(Sample{Time: begin.Add(1500 * time.Millisecond), Spec: 2, Status: 1, HPA: "h", Current: 1, Desire: 2, DesireKnown: true, Metrics: []string{"cpu=41%", "pods/x=1"}}); err != nil {
+		t.Fatal(err)
+	}
+	// Before its first sync an HPA's desired 0 is no decision: left empty.
+	if err := w.Write(Sample{Time: begin.Add(2500 * time.Millisecond), Spec: 1, Status: 1, HPA: "h", Current: 0, Desire: 0}); err != nil {
 		t.Fatal(err)
 	}
 	want := "timestamp,elapsed_s,spec_replicas,status_replicas,hpa,hpa_current_replicas,hpa_desired_replicas,hpa_metrics\n" +
-		"2026-01-01T00:00:01.5Z,1.500,2,1,h,1,2,cpu=41%;pods/x=1\n"
+		"2026-01-01T00:00:01.5Z,1.500,2,1,h,1,2,cpu=41%;pods/x=1\n" +
+		"2026-01-01T00:00:02.5Z,2.500,1,1,h,0,,\n"
 	if diff := cmp.Diff(want, buf.String()); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
