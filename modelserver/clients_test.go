@@ -54,6 +54,7 @@ func TestBinaryTensors(t *testing.T) {
 	g := irisGolden(t)
 	_, ts := newServer(t, modelserver.Options{})
 	x := goldenMatrix(g)
+	want := inProcess(t, x)
 	n := len(g.rows)
 	tests := []struct {
 		name, datatype string
@@ -107,6 +108,7 @@ func TestBinaryTensors(t *testing.T) {
 				t.Errorf("answer header (-want +got):\n%s", diff)
 			}
 			checkGolden(t, g, reshape(fromRawFP32(t, b[jl:]), 3))
+			checkBits(t, want, fromRawFP32(t, b[jl:]))
 		})
 	}
 

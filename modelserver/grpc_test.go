@@ -127,13 +127,49 @@ func seldonMsg(dd *seldon.DefaultData) *seldon.SeldonMessage {
 	return &seldon.SeldonMessage{DataOneof: &seldon.SeldonMessage_Data{Data: dd}}
 }
 
+// inProcess is the model's own prediction for x: what every protocol must
+// hand back bit for bit.
+func inProcess(t *testing.T, x []float32) []float32 {
+	t.Helper()
+	m := irisModel(t)
+	rows := len(x) / m.NumFeatures()
+	out := make([]float32, rows*m.NumOutputs())
+	if err := m.PredictBatch(x, rows, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// checkBits: the answer carries exactly the model's float32 outputs (read
+// back as float32, as a client casting the answer does: JSON text is the
+// shortest decimal that parses to the same float32).
+func checkBits(t *testing.T, want []float32, got []float64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d values, want %d", len(got), len(want))
+	}
+	bad := 0
+	for i := range want {
+		if g := float32(got[i]); math.Float32bits(g) != math.Float32bits(want[i]) {
+			if bad++; bad <= 3 {
+				t.Errorf("value %d: %v, the model's float32 %v", i, got[i], want[i])
+			}
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d values are not the model's float32 bits", bad, len(want))
+	}
+}
+
 // TestGRPCGolden sends every golden row through each gRPC service and data
 // form with the generated clients and compares the answers with XGBoost's
-// predictions, as TestGolden does over REST.
+// predictions, as TestGolden does over REST, and with the model's own
+// float32 outputs bit for bit.
 func TestGRPCGolden(t *testing.T) {
 	g := irisGolden(t)
 	_, conn := newGRPCServer(t, modelserver.Options{})
 	x := goldenMatrix(g)
+	want := inProcess(t, x)
 	n := len(g.rows)
 	values := make([]float64, len(x))
 	for i, f := range x {
@@ -198,6 +234,7 @@ func TestGRPCGolden(t *testing.T) {
 				t.Fatalf("answer has no data: %v", resp)
 			}
 			checkGolden(t, g, reshape(got, 3))
+			checkBits(t, want, got)
 		})
 	}
 
@@ -246,6 +283,7 @@ func TestGRPCGolden(t *testing.T) {
 				}
 			}
 			checkGolden(t, g, reshape(got, 3))
+			checkBits(t, want, got)
 		})
 	}
 }

@@ -164,6 +164,7 @@ func reshape(flat []float64, cols int) [][]float64 {
 func TestGolden(t *testing.T) {
 	g := irisGolden(t)
 	_, ts := newServer(t, modelserver.Options{})
+	want := inProcess(t, goldenMatrix(g))
 	flat, err := json.Marshal(flatInputs(g))
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +255,13 @@ func TestGolden(t *testing.T) {
 			if code != http.StatusOK {
 				t.Fatalf("status %d: %s", code, b)
 			}
-			checkGolden(t, g, tc.decode(t, b))
+			got := tc.decode(t, b)
+			checkGolden(t, g, got)
+			var flat []float64
+			for _, r := range got {
+				flat = append(flat, r...)
+			}
+			checkBits(t, want, flat)
 		})
 	}
 }
