@@ -29,6 +29,7 @@ import (
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
 	"github.com/mlscale/mlscale/adapter"
+	"github.com/mlscale/mlscale/burst"
 	"github.com/mlscale/mlscale/collector"
 	"github.com/mlscale/mlscale/collector/promql"
 	"github.com/mlscale/mlscale/scaler"
@@ -55,6 +56,10 @@ type adapterCmd struct {
 	// the external metrics APIService should point at.
 	serviceNamespace string
 	serviceName      string
+	// burst scales opted-in HPAs' workloads at once on a demand step
+	// (burst/), serving the HPA the demand it acted on.
+	burst    bool
+	burstCfg burst.Config
 }
 
 // ownerCheckInterval is how often the adapter checks who owns
@@ -93,6 +98,9 @@ func main() {
 	cmd.scalerCfg.MetricsAddress = "" // the adapter's /metrics serves the scaler's series
 	gofs := flag.NewFlagSet("scaler", flag.ContinueOnError)
 	cmd.scalerCfg.AddFlags(gofs, "scaler-")
+	gofs.BoolVar(&cmd.burst, "burst", false, "run the burst controller for HPAs annotated "+burst.Annotation+" (needs RBAC on HPAs, /scale and events)")
+	cmd.burstCfg = burst.NewConfig()
+	cmd.burstCfg.AddFlags(gofs, "burst-")
 	fs.AddGoFlagSet(gofs)
 	logs.AddFlags(fs)
 	if err := fs.Parse(os.Args); err != nil {
@@ -175,6 +183,12 @@ func run(cmd *adapterCmd) error {
 		}
 		src, loop, start = col, col, startCol
 	}
+	startBurst := func(context.Context) {}
+	if cmd.burst {
+		if src, startBurst, err = burst.Setup(cmd.burstCfg, restCfg, inf, src, resolver, reg); err != nil {
+			return err
+		}
+	}
 	prov := adapter.NewProvider(src, resolver, reg)
 	cmd.WithCustomMetrics(prov)
 	if cmd.enableExternal {
@@ -192,6 +206,7 @@ func run(cmd *adapterCmd) error {
 	}
 	ctx := genericapiserver.SetupSignalContext()
 	start(ctx)
+	startBurst(ctx)
 	if cmd.kedaScaler {
 		if err := startScaler(ctx, cmd, src, resolver, inf, loop); err != nil {
 			return err

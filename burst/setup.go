@@ -1,0 +1,95 @@
+package burst
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/scale"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mlscale/mlscale/collector"
+)
+
+// Setup wires burst into a process that serves src (the adapter): it returns
+// the source to serve instead (src with the bursts' floors) and a start
+// function that runs the controller until ctx ends. It registers the HPA
+// and pod informers on inf, so call it before inf.Start. The controller reads
+// the raw src, never its own floors.
+func Setup(cfg Config, restCfg *rest.Config, inf informers.SharedInformerFactory, src Source, resolver collector.SelectorResolver, reg prometheus.Registerer) (Source, func(context.Context), error) {
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("burst: building the Kubernetes client: %w", err)
+	}
+	disco, err := discovery.NewDiscoveryClientForConfig(restCfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("burst: building the discovery client: %w", err)
+	}
+	cached := memory.NewMemCacheClient(disco)
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(cached)
+	scales, err := scale.NewForConfig(restCfg, mapper, dynamic.LegacyAPIPathResolverFunc, scale.NewDiscoveryScaleKindResolver(cached))
+	if err != nil {
+		return nil, nil, fmt.Errorf("burst: building the scale client: %w", err)
+	}
+	broadcaster := record.NewBroadcaster()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "mlscale-burst"})
+	floors := NewFloors()
+	c, err := New(cfg, Deps{
+		HPAs:       inf.Autoscaling().V2().HorizontalPodAutoscalers().Lister(),
+		Pods:       inf.Core().V1().Pods().Lister(),
+		Scales:     scales,
+		Mapper:     mapper,
+		Resolver:   resolver,
+		Demand:     CollectorDemand{Source: src},
+		Floors:     floors,
+		Recorder:   recorder,
+		Registerer: reg,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("burst: %w", err)
+	}
+	hpaSynced := inf.Autoscaling().V2().HorizontalPodAutoscalers().Informer().HasSynced
+	start := func(ctx context.Context) {
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+		go func() {
+			defer broadcaster.Shutdown()
+			for !hpaSynced() {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			// A kind the cached discovery did not know yet (a CRD installed
+			// after start, such as SeldonDeployment) is looked up again.
+			go func() {
+				t := time.NewTicker(time.Minute)
+				defer t.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-t.C:
+						mapper.Reset()
+					}
+				}
+			}()
+			klog.InfoS("Burst controller running", "interval", cfg.Interval, "maxAge", cfg.MaxAge, "annotation", Annotation)
+			c.Run(ctx)
+		}()
+	}
+	return floors.Wrap(src), start, nil
+}
