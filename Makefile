@@ -100,7 +100,7 @@ bench-inference: deps-python ## Go tree inference vs XGBoost inplace_predict (1 
 	$(PYTHON) modelserver/xgboost/bench_xgboost.py --out results/bench/inference.txt
 
 .PHONY: bench-server
-bench-server: ## Model server end to end on loopback (4 clients; 1, 500, 10,000 rows) vs pure inference, and RSS.
+bench-server: ## Model server end to end on loopback (4 clients; 1, 500, 10,000 rows; Seldon REST, Seldon gRPC, v2 gRPC raw) vs pure inference, and RSS.
 	@mkdir -p results/bench $(BIN)
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/modelserver ./cmd/modelserver
 	$(GO) run ./modelserver/internal/serverbench -bin $(BIN)/modelserver -model modelserver/xgboost/testdata/iris.json -out results/bench/server.md
