@@ -1,5 +1,6 @@
-// Package modelserver serves a Predictor over HTTP the way Seldon Core's
-// python wrapper and the Open Inference Protocol (KServe v2, MLServer) do,
+// Package modelserver serves a Predictor over HTTP and gRPC the way Seldon
+// Core's python wrapper and the Open Inference Protocol (KServe v2, Triton,
+// MLServer) do,
 // and tells Prometheus how busy it is: requests, rows per request,
 // in-flight requests and latency, plus Seldon's executor histogram so
 // Seldon's dashboards keep working. On shutdown it drains: readiness turns
@@ -267,7 +268,7 @@ func (s *Server) getWork() *work {
 }
 
 func (s *Server) putWork(w *work) {
-	if cap(w.body) > maxPooledBody {
+	if cap(w.body) > maxPooledBody || cap(w.zbody) > maxPooledBody {
 		return
 	}
 	select {
