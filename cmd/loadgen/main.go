@@ -31,6 +31,7 @@ import (
 
 const usage = `Usage: loadgen [flags]
        loadgen tune [flags]   (one pod's capacity and the autoscaling target: loadgen tune --help)
+       loadgen compare [flags] NAME=DIR...   (runs of several autoscalers on the same traffic side by side)
 
 Runs the tasks of a scenario against a prediction endpoint and writes
 requests.csv, replicas.csv, summary.json, summary.txt and chart.png into --out.
@@ -71,6 +72,9 @@ func main() {
 func runMain(args []string) error {
 	if len(args) > 0 && args[0] == "tune" {
 		return runTune(args[1:])
+	}
+	if len(args) > 0 && args[0] == "compare" {
+		return runCompare(args[1:])
 	}
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
