@@ -63,7 +63,7 @@ func runTune(args []string) error {
 		quantile   = fs.String("quantile", "p99", "p99 or p50")
 		headroom   = fs.Float64("headroom", 0.2, "target this fraction below the measured capacity")
 		signalName = fs.String("signal", "", "scale on this metric instead of the recommended one (predicted_rows_per_second, requests_per_second, inflight_requests, cpu)")
-		start      = fs.Float64("start-rate", 0, "first step's requests/s (0: 40% of what one client reaches back to back)")
+		start      = fs.Float64("start-rate", 0, "first step's requests/s (0: half of what four clients reach back to back)")
 		factor     = fs.Float64("factor", 1.15, "each step's rate over the last's")
 		maxSteps   = fs.Int("max-steps", 25, "most steps per mix")
 		stepDur    = fs.Duration("step", 5*time.Second, "how long each rate is held")

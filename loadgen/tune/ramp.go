@@ -91,9 +91,9 @@ func Ramp(ctx context.Context, cfg RampConfig) ([]Step, error) {
 		if err != nil {
 			return nil, err
 		}
-		// Start well below what one client achieves back to back: the
-		// knee is usually between one and two times that.
-		rate = math.Max(0.5, 0.4*probe)
+		// Four clients back to back keep the pod busy: about its
+		// saturated throughput, which the knee is below. Start at half.
+		rate = math.Max(0.2, 0.5*probe)
 	}
 	var steps []Step
 	for i := 0; i < cfg.MaxSteps; i++ {
@@ -118,9 +118,9 @@ func Ramp(ctx context.Context, cfg RampConfig) ([]Step, error) {
 	return steps, nil
 }
 
-// probeRate is the rate one client reaches sending back to back for 2 s.
+// probeRate is the rate four clients reach sending back to back for 3 s.
 func probeRate(ctx context.Context, client *run.Client, url string, bodies [][]byte) (float64, error) {
-	task := scenario.Task{Name: "probe", DataSize: 1, ClientNum: 1, DataAmount: 1 << 30, Duration: scenario.Duration{Duration: 2 * time.Second}}
+	task := scenario.Task{Name: "probe", DataSize: 1, ClientNum: 4, DataAmount: 1 << 30, Duration: scenario.Duration{Duration: 3 * time.Second}}
 	ok, failed := 0, 0
 	var firstErr string
 	start, end, err := run.Task(ctx, run.Options{URL: url, Client: client}, run.Plan{Task: task, Bodies: bodies}, func(r record.Request) {
