@@ -1,9 +1,11 @@
 package modelserver
 
 import (
+	"compress/zlib"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -11,9 +13,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/encoding/gzip" // grpc-encoding gzip (tritonclient's compression_algorithm)
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -36,13 +41,37 @@ const (
 	methodModelInfer    = "/inference.GRPCInferenceService/ModelInfer"
 )
 
+// grpcProtocols are the prediction methods and the protocol label each
+// counts under.
+var grpcProtocols = map[string]int{
+	methodSeldonPredict: protoSeldonGRPC,
+	methodModelPredict:  protoSeldonGRPC,
+	methodModelInfer:    protoV2GRPC,
+}
+
+// deflate is grpc-encoding "deflate" (zlib, as in HTTP), the other
+// compression tritonclient's gRPC client offers; grpc-go ships only gzip.
+// Compressors live in grpc-go's global registry, so this one is
+// registered once, at init.
+type deflate struct{}
+
+func (deflate) Name() string                                 { return "deflate" }
+func (deflate) Compress(w io.Writer) (io.WriteCloser, error) { return zlib.NewWriter(w), nil }
+func (deflate) Decompress(r io.Reader) (io.Reader, error)    { return zlib.NewReader(r) }
+
+func init() { encoding.RegisterCompressor(deflate{}) }
+
 // NewGRPCServer builds the gRPC server with the Seldon, Open Inference
-// Protocol and gRPC health services registered; messages larger than
-// MaxBodyBytes are refused with ResourceExhausted before they reach a
-// handler. ServeGRPC is the usual way to run it; this is for callers that
-// manage the server themselves.
+// Protocol and gRPC health services registered. Messages may be gzip or
+// deflate compressed; larger than MaxBodyBytes (after decompression too)
+// they are refused with ResourceExhausted before they reach a handler, and
+// counted as 413s. ServeGRPC is the usual way to run it; this is for
+// callers that manage the server themselves.
 func (s *Server) NewGRPCServer() (*grpc.Server, *health.Server) {
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(int(min(s.opts.MaxBodyBytes, int64(^uint32(0)>>1)))))
+	gs := grpc.NewServer(
+		grpc.MaxRecvMsgSize(int(min(s.opts.MaxBodyBytes, int64(^uint32(0)>>1)))),
+		grpc.StatsHandler(refusedCalls{s}),
+	)
 	sg := &seldonGRPC{s: s}
 	seldon.RegisterModelServer(gs, sg)
 	seldon.RegisterSeldonServer(gs, sg)
@@ -100,6 +129,39 @@ func (s *Server) ServeGRPC(ctx context.Context, lis net.Listener) error {
 	s.log.Info("gRPC shut down cleanly")
 	return nil
 }
+
+// refusedCalls counts the prediction calls grpc-go refuses before any
+// handler runs (a message over MaxRecvMsgSize: ResourceExhausted), which
+// grpcCall never sees, so that they are in mlscale_requests_total as 413s
+// as over-size REST bodies are. Every other outcome is counted by grpcCall.
+type refusedCalls struct{ s *Server }
+
+type methodKey struct{}
+
+func (h refusedCalls) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	if _, ok := grpcProtocols[info.FullMethodName]; !ok {
+		return ctx
+	}
+	return context.WithValue(ctx, methodKey{}, info.FullMethodName)
+}
+
+func (h refusedCalls) HandleRPC(ctx context.Context, st stats.RPCStats) {
+	end, ok := st.(*stats.End)
+	if !ok || status.Code(end.Error) != codes.ResourceExhausted {
+		return
+	}
+	method, _ := ctx.Value(methodKey{}).(string)
+	proto, ok := grpcProtocols[method]
+	if !ok {
+		return
+	}
+	d := end.EndTime.Sub(end.BeginTime).Seconds()
+	h.s.record(proto, http.StatusRequestEntityTooLarge, 0, d)
+	h.s.grpcSeldon[method].WithLabelValues("unary", codes.ResourceExhausted.String()).Observe(d)
+}
+
+func (refusedCalls) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (refusedCalls) HandleConn(context.Context, stats.ConnStats)                       {}
 
 // grpcCall runs one gRPC prediction call f in the metrics contract and
 // maps its error to a gRPC status. f gets warm work buffers, which it

@@ -501,8 +501,8 @@ func TestGRPCBadInput(t *testing.T) {
 		})
 	}
 
-	// Every bad prediction call that reached a handler is counted under
-	// the status the same failure gets over REST.
+	// Every bad prediction call is counted under the status the same
+	// failure gets over REST, the one grpc-go refused for its size too.
 	want := `
 # HELP mlscale_requests_total Prediction requests answered, by protocol and HTTP status code.
 # TYPE mlscale_requests_total counter
@@ -513,6 +513,7 @@ mlscale_requests_total{code="200",model="iris",protocol="v2-grpc"} 0
 mlscale_requests_total{code="400",model="iris",protocol="seldon-grpc"} 13
 mlscale_requests_total{code="400",model="iris",protocol="v2-grpc"} 11
 mlscale_requests_total{code="404",model="iris",protocol="v2-grpc"} 2
+mlscale_requests_total{code="413",model="iris",protocol="seldon-grpc"} 1
 `
 	if err := gatherAndCompare(reg, want, "mlscale_requests_total"); err != nil {
 		t.Error(err)
@@ -568,5 +569,49 @@ func TestGRPCDrain(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("ServeGRPC still running 10s after cancel")
+	}
+}
+
+// TestGRPCCompression: gzip and deflate compressed calls (tritonclient's
+// compression_algorithm) are answered with the model's outputs; a message
+// that decompresses past --max-body-bytes is ResourceExhausted, not memory.
+func TestGRPCCompression(t *testing.T) {
+	g := irisGolden(t)
+	reg := prometheus.NewRegistry()
+	_, conn := newGRPCServer(t, modelserver.Options{Registry: reg, MaxBodyBytes: 1 << 20})
+	x := goldenMatrix(g)
+	want := inProcess(t, x)
+	n := len(g.rows)
+	v2 := inference.NewGRPCInferenceServiceClient(conn)
+	req := &inference.ModelInferRequest{ModelName: "iris",
+		Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Datatype: "FP32", Shape: []int64{int64(n), 4}}},
+		RawInputContents: [][]byte{rawFP32(x)}}
+	for _, c := range []string{"gzip", "deflate"} {
+		t.Run(c, func(t *testing.T) {
+			resp, err := v2.ModelInfer(context.Background(), req, grpc.UseCompressor(c))
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkBits(t, want, fromRawFP32(t, resp.GetRawOutputContents()[0]))
+		})
+	}
+	// 4 MiB of zeros compress to a few KiB.
+	bomb := &inference.ModelInferRequest{ModelName: "iris",
+		Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Datatype: "FP32", Shape: []int64{1 << 18, 4}}},
+		RawInputContents: [][]byte{make([]byte, 4<<20)}}
+	_, err := v2.ModelInfer(context.Background(), bomb, grpc.UseCompressor("gzip"))
+	if st, _ := status.FromError(err); st.Code() != codes.ResourceExhausted {
+		t.Errorf("4 MiB decompressed against a 1 MiB limit: %v, want ResourceExhausted", err)
+	}
+	if err := gatherAndCompare(reg, `
+# HELP mlscale_requests_total Prediction requests answered, by protocol and HTTP status code.
+# TYPE mlscale_requests_total counter
+mlscale_requests_total{code="200",model="iris",protocol="seldon"} 0
+mlscale_requests_total{code="200",model="iris",protocol="seldon-grpc"} 0
+mlscale_requests_total{code="200",model="iris",protocol="v2"} 0
+mlscale_requests_total{code="200",model="iris",protocol="v2-grpc"} 2
+mlscale_requests_total{code="413",model="iris",protocol="v2-grpc"} 1
+`, "mlscale_requests_total"); err != nil {
+		t.Error(err)
 	}
 }
