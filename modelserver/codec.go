@@ -368,7 +368,7 @@ func decodeV2(p *fastjson.Parser, body, binary []byte, nf int, x []float32) ([]f
 		}
 		req.id = b
 	}
-	if req.binaryOut, err = boolParam(root.Get("parameters"), "binary_data_output", "parameters"); err != nil {
+	if req.binaryOut, _, err = boolParam(root.Get("parameters"), "binary_data_output", "parameters"); err != nil {
 		return x, 0, req, err
 	}
 	if err := decodeV2Outputs(root.Get("outputs"), &req); err != nil {
@@ -477,34 +477,34 @@ func decodeV2Outputs(ov *fastjson.Value, req *v2Request) error {
 		if string(name) != v2OutputName {
 			return badRequest("outputs[%d].name %s is not an output of this model; it has one output, %q", i, describe(o.Get("name")), v2OutputName)
 		}
-		b, err := boolParam(o.Get("parameters"), "binary_data", fmt.Sprintf("outputs[%d].parameters", i))
+		b, set, err := boolParam(o.Get("parameters"), "binary_data", fmt.Sprintf("outputs[%d].parameters", i))
 		if err != nil {
 			return err
 		}
-		if o.Get("parameters") != nil && o.Get("parameters").Get("binary_data") != nil {
+		if set { // the output's own choice overrides binary_data_output
 			req.binaryOut = b
 		}
 	}
 	return nil
 }
 
-// boolParam reads an optional boolean from a parameters object.
-func boolParam(params *fastjson.Value, key, what string) (bool, error) {
+// boolParam reads an optional boolean from a parameters object; set says
+// whether it was there.
+func boolParam(params *fastjson.Value, key, what string) (b, set bool, err error) {
 	if params == nil {
-		return false, nil
+		return false, false, nil
 	}
 	if params.Type() != fastjson.TypeObject {
-		return false, badRequest("%s must be an object, got %s", what, params.Type())
+		return false, false, badRequest("%s must be an object, got %s", what, params.Type())
 	}
 	v := params.Get(key)
 	if v == nil {
-		return false, nil
+		return false, false, nil
 	}
-	b, err := v.Bool()
-	if err != nil {
-		return false, badRequest("%s.%s must be true or false, got %s", what, key, describe(v))
+	if b, err = v.Bool(); err != nil {
+		return false, false, badRequest("%s.%s must be true or false, got %s", what, key, describe(v))
 	}
-	return b, nil
+	return b, true, nil
 }
 
 // intParam reads an optional non-negative integer from a parameters object.
