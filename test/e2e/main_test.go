@@ -137,6 +137,7 @@ func run(m *testing.M) int {
 	code := m.Run()
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "e2e: localcluster log tail:\n%s\n", tail(logPath))
+		printComponentLogs()
 	}
 	stop()
 	return code
@@ -174,4 +175,21 @@ func kubectl(t *testing.T, ctx context.Context, stdin []byte, args ...string) st
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// printComponentLogs prints, after a failure, the tail of every container
+// log of KEDA's operator and metrics server and of mlscale's adapter and
+// scaler that ran in this cluster (deleted pods included: the node agent
+// keeps each pod's <container>.log, appended across restarts, under
+// node/pods/<namespace>_<pod>_<uid>/).
+func printComponentLogs() {
+	for _, pattern := range []string{"keda_keda-operator-*", "keda_keda-metrics-apiserver-*", "mlscale_mlscale-adapter-*", "mlscale_mlscale-scaler-*"} {
+		dirs, _ := filepath.Glob(filepath.Join(env.state, "node", "pods", pattern))
+		for _, d := range dirs {
+			logs, _ := filepath.Glob(filepath.Join(d, "*.log"))
+			for _, l := range logs {
+				fmt.Fprintf(os.Stderr, "e2e: %s (tail):\n%s\n", strings.TrimPrefix(l, env.state+"/"), tail(l))
+			}
+		}
+	}
 }
