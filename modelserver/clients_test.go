@@ -304,13 +304,21 @@ func TestFeedback(t *testing.T) {
 			}
 		})
 	}
-	// Feedback is not a prediction: nothing counted.
+	// Feedback is not a prediction: no mlscale_* series; Seldon's executor
+	// histogram has it under service "feedback", as the executor does.
 	if err := gatherAndCompare(reg, `
 # HELP mlscale_predicted_rows_total Rows predicted.
 # TYPE mlscale_predicted_rows_total counter
 mlscale_predicted_rows_total{model="iris"} 0
 `, "mlscale_predicted_rows_total"); err != nil {
 		t.Error(err)
+	}
+	counts := histogramCounts(t, reg)
+	if got := counts[`seldon_api_executor_server_requests_seconds{code="200",deployment_name="",method="post",predictor_name="",predictor_version="",service="feedback"}`]; got != 4 {
+		t.Errorf("feedback in Seldon's histogram: %d, want 4 (all series: %v)", got, counts)
+	}
+	if n := counts[`mlscale_request_duration_seconds{model="iris",protocol="seldon"}`]; n != 0 {
+		t.Errorf("feedback counted as %d prediction requests", n)
 	}
 }
 

@@ -250,8 +250,15 @@ func (g *seldonGRPC) Predict(ctx context.Context, m *seldon.SeldonMessage) (*sel
 	return resp, err
 }
 
+// SendFeedback is timed in Seldon's executor histogram only: it is not a
+// prediction.
 func (g *seldonGRPC) SendFeedback(ctx context.Context, f *seldon.Feedback) (*seldon.SeldonMessage, error) {
-	return feedbackAnswer(f), nil
+	start := time.Now()
+	resp := feedbackAnswer(f)
+	if method, ok := grpc.Method(ctx); ok { // one of the two registered SendFeedback methods
+		g.s.seldonCurried(method).WithLabelValues("unary", codes.OK.String()).Observe(time.Since(start).Seconds())
+	}
+	return resp, nil
 }
 
 func (g *seldonGRPC) Metadata(ctx context.Context, _ *emptypb.Empty) (*seldon.SeldonModelMetadata, error) {

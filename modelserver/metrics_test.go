@@ -69,6 +69,9 @@ func TestMetricsExposition(t *testing.T) {
 	if _, err := v2.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "nope"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("ModelInfer of an unknown model: %v, want NotFound", err)
 	}
+	if _, err := seldon.NewModelClient(conn).SendFeedback(ctx, &seldon.Feedback{Reward: 1}); err != nil {
+		t.Fatal(err)
+	}
 
 	want := `
 # HELP mlscale_batch_size Rows per successful prediction request.
@@ -142,6 +145,7 @@ mlscale_requests_total{code="404",model="iris",protocol="v2-grpc"} 1
 		`seldon_api_executor_server_requests_seconds{code="OK",deployment_name="iris-model-autoscale",method="unary",predictor_name="autoscale",predictor_version="v1",service="/seldon.protos.Seldon/Predict"}`:                    1,
 		`seldon_api_executor_server_requests_seconds{code="OK",deployment_name="iris-model-autoscale",method="unary",predictor_name="autoscale",predictor_version="v1",service="/inference.GRPCInferenceService/ModelInfer"}`:       1,
 		`seldon_api_executor_server_requests_seconds{code="NotFound",deployment_name="iris-model-autoscale",method="unary",predictor_name="autoscale",predictor_version="v1",service="/inference.GRPCInferenceService/ModelInfer"}`: 1,
+		`seldon_api_executor_server_requests_seconds{code="OK",deployment_name="iris-model-autoscale",method="unary",predictor_name="autoscale",predictor_version="v1",service="/seldon.protos.Model/SendFeedback"}`:                1,
 		`seldon_api_executor_server_requests_seconds{code="200",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`:                                      4,
 		`seldon_api_executor_server_requests_seconds{code="400",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`:                                      1,
 		`seldon_api_executor_server_requests_seconds{code="404",deployment_name="iris-model-autoscale",method="post",predictor_name="autoscale",predictor_version="v1",service="predictions"}`:                                      1,

@@ -549,21 +549,18 @@ func (s *Server) predictSeldon(w http.ResponseWriter, r *http.Request) (code, ro
 // for a model without a send_feedback method: the Feedback is checked and
 // answered with an empty prediction in the form of its request's data (a
 // tensor when it has none) and the request's puid.
-func (s *Server) feedbackSeldon(w http.ResponseWriter, r *http.Request) {
+func (s *Server) feedbackSeldon(w http.ResponseWriter, r *http.Request) int {
 	if err := seldonMethods(w, r, r.URL.Path == "/send-feedback"); err != nil {
-		writeSeldonError(w, err)
-		return
+		return writeSeldonError(w, err)
 	}
 	wk := s.getWork()
 	defer s.putWork(wk)
 	if err := s.seldonBody(w, r, wk); err != nil {
-		writeSeldonError(w, err)
-		return
+		return writeSeldonError(w, err)
 	}
 	fb, err := decodeFeedback(&wk.p, wk.body)
 	if err != nil {
-		writeSeldonError(w, err)
-		return
+		return writeSeldonError(w, err)
 	}
 	b := append(wk.resp[:0], `{"data":{`...)
 	if fb.form == formNDArray {
@@ -576,6 +573,7 @@ func (s *Server) feedbackSeldon(w http.ResponseWriter, r *http.Request) {
 	b = append(b, '}')
 	wk.resp = b
 	writeJSON(w, http.StatusOK, b)
+	return http.StatusOK
 }
 
 // v2OutputName is the model's one output tensor.
@@ -720,6 +718,17 @@ func (s *Server) instrument(proto int, h func(http.ResponseWriter, *http.Request
 	}
 }
 
+// timeSeldon times a Seldon route that is not a prediction in Seldon's
+// executor histogram only.
+func (s *Server) timeSeldon(service string, h func(http.ResponseWriter, *http.Request) int) http.HandlerFunc {
+	vec := s.seldonCurried(service)
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		code := h(w, r)
+		vec.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code)).Observe(time.Since(start).Seconds())
+	}
+}
+
 // seldonCurried is Seldon's executor histogram with this server's labels
 // and service (the REST route's service name, or a gRPC full method name).
 func (s *Server) seldonCurried(service string) prometheus.ObserverVec {
@@ -776,9 +785,12 @@ func (s *Server) routes() http.Handler {
 	inner.Handle("/api/v1.0/predictions", seldon)
 	inner.Handle("/api/v0.1/predictions", seldon)
 	inner.Handle("/predict", seldon)
-	inner.HandleFunc("/api/v1.0/feedback", s.feedbackSeldon)
-	inner.HandleFunc("/api/v0.1/feedback", s.feedbackSeldon)
-	inner.HandleFunc("/send-feedback", s.feedbackSeldon)
+	// Feedback is not a prediction: only Seldon's executor histogram
+	// sees it, under the executor's service name for it.
+	feedback := s.timeSeldon("feedback", s.feedbackSeldon)
+	inner.Handle("/api/v1.0/feedback", feedback)
+	inner.Handle("/api/v0.1/feedback", feedback)
+	inner.Handle("/send-feedback", feedback)
 	inner.HandleFunc("GET /health/ping", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "pong")
