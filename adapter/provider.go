@@ -57,6 +57,7 @@ type Provider struct {
 	src      Source
 	resolver collector.SelectorResolver
 	latency  *prometheus.HistogramVec
+	demand   DemandReader // see WithDemand; nil: no demand metrics
 }
 
 var (
@@ -142,6 +143,9 @@ func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedNam
 	if err := checkMetricSelector(gr, info.Metric, name.Name, metricSelector); err != nil {
 		return nil, err
 	}
+	if mv, handled, err := p.serviceDemand(name, info); handled {
+		return mv, err
+	}
 	if gr == PodsResource {
 		vals, err := p.src.PodValues(ctx, info.Metric, name.Namespace, labels.Everything())
 		if err != nil && !errors.Is(err, collector.ErrNoData) {
@@ -222,7 +226,7 @@ func (p *Provider) ListAllMetrics() []provider.CustomMetricInfo {
 			out = append(out, provider.CustomMetricInfo{GroupResource: gr, Namespaced: true, Metric: n})
 		}
 	}
-	return out
+	return append(out, p.demandMetricInfos()...)
 }
 
 var externalResource = schema.GroupResource{Group: "external.metrics.k8s.io", Resource: "metrics"}

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/mlscale/mlscale/adapter"
 	"github.com/mlscale/mlscale/contract"
 	"github.com/mlscale/mlscale/internal/testenv"
 )
@@ -29,15 +30,25 @@ import (
 var imageRepos = []string{"ghcr.io/mlscale/mlscale", "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlscale"}
 
 // binaries are the commands at the image root (see README.md).
-var binaries = []string{"/modelserver", "/adapter", "/scaler", "/loadgen"}
+var binaries = []string{"/modelserver", "/adapter", "/scaler", "/loadgen", "/activator"}
 
 // servedMetrics are the adapter's and the scaler's default metric names
 // (the metrics contract, contract/metrics.yaml).
 var servedMetrics = contract.Metrics().ServedNames()
 
+// activatorMetrics are served on Services from the activator's demand
+// (adapter.DemandMetrics).
+var activatorMetrics = func() []string {
+	var out []string
+	for n := range adapter.DemandMetrics {
+		out = append(out, n)
+	}
+	return out
+}()
+
 func TestEveryOverlayRenders(t *testing.T) {
 	all := renderAll(t)
-	want := []string{"eks", "istio", "keda", "keda-seldon", "local", "local-cpu", "local-keda", "prometheus", "seldon", "seldon-cpu"}
+	want := []string{"eks", "istio", "keda", "keda-seldon", "local", "local-cpu", "local-keda", "local-tuned", "local-zero", "prometheus", "seldon", "seldon-cpu", "zero"}
 	var got []string
 	for n := range all {
 		got = append(got, n)
@@ -196,8 +207,18 @@ func TestModelServerPods(t *testing.T) {
 					}
 					n++
 					where := pt.where + " container " + c.Name
-					if got := c.Resources.Requests.Cpu().MilliValue(); got != 500 {
-						t.Errorf("%s: cpu request %dm, want the seed's 500m", where, got)
+					// The local overlays give the model server a tenth of a core,
+					// enforced by the local node's cgroups, so the seed's load
+					// needs several pods on a two-core machine (README).
+					wantCPU, why := int64(500), "the seed's 500m"
+					if strings.HasPrefix(name, "local") {
+						wantCPU, why = 100, "the local overlays' 100m"
+						if lim := c.Resources.Limits.Cpu().MilliValue(); lim != wantCPU {
+							t.Errorf("%s: cpu limit %dm, want %dm = the request", where, lim, wantCPU)
+						}
+					}
+					if got := c.Resources.Requests.Cpu().MilliValue(); got != wantCPU {
+						t.Errorf("%s: cpu request %dm, want %s", where, got, why)
 					}
 					if pt.label["app.kubernetes.io/name"] != "modelserver" {
 						t.Errorf("%s: pod label app.kubernetes.io/name=%q, want modelserver (PodMonitor and dashboards select on it)", where, pt.label["app.kubernetes.io/name"])
@@ -437,6 +458,7 @@ func TestScalingRules(t *testing.T) {
 		"local":       {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
 		"local-keda":  {"ScaledObject model/iris-model-autoscale -> Deployment iris-model-autoscale [0,20] external:requests_per_second external-push:requests_per_second"},
 		"local-cpu":   {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] cpu:40%"},
+		"local-tuned": {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] predicted_rows_per_second"},
 		"istio":       {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
 		"prometheus":  {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
 		"eks":         {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] requests_per_second"},
@@ -444,6 +466,8 @@ func TestScalingRules(t *testing.T) {
 		"seldon-cpu":  {"SeldonDeployment model/iris-model-autoscale -> predictor autoscale [1,20] cpu:40%"},
 		"keda":        {"ScaledObject model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] external:requests_per_second external-push:requests_per_second"},
 		"keda-seldon": {"ScaledObject model/iris-model-autoscale -> SeldonDeployment iris-model-autoscale [0,20] external-push:requests_per_second"},
+		"local-zero":  {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [0,20] Service/activator_arrivals_per_second Service/activator_concurrency"},
+		"zero":        {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [0,20] Service/activator_arrivals_per_second Service/activator_concurrency"},
 	}
 	for name, objs := range renderAll(t) {
 		t.Run(name, func(t *testing.T) {
@@ -513,6 +537,11 @@ func metricNames(ms []autoscalingv2.MetricSpec) string {
 		case autoscalingv2.PodsMetricSourceType:
 			out = append(out, m.Pods.Metric.Name)
 			if !slices.Contains(servedMetrics, m.Pods.Metric.Name) {
+				out = append(out, "(not served!)")
+			}
+		case autoscalingv2.ObjectMetricSourceType:
+			out = append(out, m.Object.DescribedObject.Kind+"/"+m.Object.Metric.Name)
+			if !slices.Contains(servedMetrics, m.Object.Metric.Name) && !slices.Contains(activatorMetrics, m.Object.Metric.Name) {
 				out = append(out, "(not served!)")
 			}
 		case autoscalingv2.ResourceMetricSourceType:

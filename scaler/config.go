@@ -5,10 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes"
 )
 
 // Config configures a Server. The flag-backed fields come from AddFlags; the
@@ -30,13 +30,14 @@ type Config struct {
 	PollInterval time.Duration
 	// ShutdownTimeout bounds the graceful stop in Serve.
 	ShutdownTimeout time.Duration
-	// GatewayQueueURL is the gateway's queue JSON (test/gateway's
-	// QueueHandler, KEDA http-add-on style), polled every
-	// GatewayQueueInterval: requests held or in flight there for a
-	// trigger's wake Service make it active, which wakes a workload at
-	// zero pods. "" disables it.
-	GatewayQueueURL      string
-	GatewayQueueInterval time.Duration
+	// ActivatorService is the activator's Service, "namespace/name": the
+	// scaler watches the demand stream of each of its replicas
+	// (activator/api), and requests held or in flight there for a
+	// trigger's wake Service make it active at once, which wakes a
+	// workload at zero pods. Needs Kube. "" disables it.
+	ActivatorService string
+	// Kube is the client the activator's replicas are discovered with.
+	Kube kubernetes.Interface
 
 	// Registerer receives the scaler's metrics and Gatherer is what
 	// /metrics serves; both a new registry when nil. Embedded in the adapter,
@@ -47,8 +48,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Pods, optional: see PodCounter.
 	Pods PodCounter
-	// Pending, optional, overrides the GatewayQueue built from
-	// GatewayQueueURL; its owner runs it.
+	// Pending, optional, overrides the watcher built from
+	// ActivatorService; its owner runs it.
 	Pending PendingSource
 	// Healthy and Ready, optional, are the collector's checks (its loop is
 	// not stuck; its target list and windows are complete). Serve exposes
@@ -76,9 +77,6 @@ func (c *Config) defaults() {
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
-	if c.GatewayQueueInterval <= 0 {
-		c.GatewayQueueInterval = DefaultGatewayQueueInterval
-	}
 	if c.Registerer == nil && c.Gatherer == nil {
 		r := prometheus.NewRegistry()
 		c.Registerer, c.Gatherer = r, r
@@ -98,8 +96,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet, prefix string) {
 	fs.StringVar(&c.ClientCAFile, prefix+"client-ca-file", c.ClientCAFile, "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)")
 	fs.DurationVar(&c.PollInterval, prefix+"poll-interval", c.PollInterval, "how often StreamIsActive re-reads the collector (at most the scrape interval)")
 	fs.DurationVar(&c.ShutdownTimeout, prefix+"shutdown-timeout", c.ShutdownTimeout, "graceful stop timeout")
-	fs.StringVar(&c.GatewayQueueURL, prefix+"gateway-queue-url", c.GatewayQueueURL, "URL of the gateway's queue JSON ({\"ns/svc\": {\"held\": n, \"inflight\": n}}); requests pending there for a trigger's wakeServiceName make it active, waking workloads at zero pods (empty: off)")
-	fs.DurationVar(&c.GatewayQueueInterval, prefix+"gateway-queue-interval", c.GatewayQueueInterval, "how often --"+prefix+"gateway-queue-url is polled")
+	fs.StringVar(&c.ActivatorService, prefix+"activator-service", c.ActivatorService, "the activator's Service, namespace/name (e.g. mlscale/mlscale-activator): requests held or in flight there for a trigger's wakeServiceName make it active at once, waking workloads at zero pods (empty: off)")
 }
 
 // Validate reports every problem at once.
@@ -120,27 +117,13 @@ func (c *Config) Validate() []error {
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("shutdown-timeout: must be positive, got %v", c.ShutdownTimeout))
 	}
-	if c.GatewayQueueURL != "" {
-		if err := checkQueueURL(c.GatewayQueueURL); err != nil {
+	if c.ActivatorService != "" {
+		if _, _, err := splitService(c.ActivatorService); err != nil {
 			errs = append(errs, err)
-		}
-		if c.GatewayQueueInterval <= 0 {
-			errs = append(errs, fmt.Errorf("gateway-queue-interval: must be positive, got %v", c.GatewayQueueInterval))
 		}
 	}
 	if c.MetricsAddress != "" && (c.Registerer == nil) != (c.Gatherer == nil) {
 		errs = append(errs, errors.New("metrics-address: serving /metrics needs both Registerer and Gatherer (or neither)"))
 	}
 	return errs
-}
-
-func checkQueueURL(s string) error {
-	u, err := url.Parse(s)
-	if err != nil {
-		return fmt.Errorf("gateway-queue-url: %w", err)
-	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("gateway-queue-url: %q must be an http:// or https:// URL with a host", s)
-	}
-	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -15,117 +14,82 @@ import (
 	"google.golang.org/grpc/codes"
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"github.com/mlscale/mlscale/activator/api"
 )
 
-// fakeQueue is the gateway's queue endpoint on a real loopback server,
-// answering whatever body and status it was last given.
-type fakeQueue struct {
-	srv  *httptest.Server
-	mu   sync.Mutex
-	code int
-	body string
+// fakeActivator is an activator replica's demand stream on a real loopback
+// server (activator/api's Handler), reporting whatever demand it was last
+// given, watched by the real api.Watcher.
+type fakeActivator struct {
+	srv     *httptest.Server
+	done    chan struct{}
+	mu      sync.Mutex
+	demand  []api.Demand
+	changed chan struct{}
 }
 
-func newFakeQueue(t *testing.T, body string) *fakeQueue {
+func newFakeActivator(t *testing.T, demand ...api.Demand) *fakeActivator {
 	t.Helper()
-	q := &fakeQueue{code: http.StatusOK, body: body}
-	q.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		q.mu.Lock()
-		code, body := q.code, q.body
-		q.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		io.WriteString(w, body)
-	}))
-	t.Cleanup(q.srv.Close)
-	return q
+	f := &fakeActivator{demand: demand, changed: make(chan struct{}), done: make(chan struct{})}
+	f.srv = httptest.NewServer(api.Handler(f, f.done))
+	t.Cleanup(f.stop)
+	return f
 }
 
-func (q *fakeQueue) set(code int, body string) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.code, q.body = code, body
+func (f *fakeActivator) stop() {
+	select {
+	case <-f.done:
+	default:
+		close(f.done)
+	}
+	f.srv.CloseClientConnections()
+	f.srv.Close()
+}
+
+func (f *fakeActivator) Snapshot() api.Snapshot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return api.Snapshot{Replica: "fake", Time: time.Now(), WindowSeconds: 3, Services: append([]api.Demand(nil), f.demand...)}
+}
+
+func (f *fakeActivator) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+func (f *fakeActivator) set(demand ...api.Demand) {
+	f.mu.Lock()
+	f.demand = demand
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// watch returns a watcher following f.
+func (f *fakeActivator) watch(t *testing.T) *api.Watcher {
+	t.Helper()
+	w := api.NewWatcher(quietLog())
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w.Set(ctx, []string{f.srv.URL + api.Path})
+	return w
+}
+
+func held(ns, svc string, held, inflight int64) api.Demand {
+	return api.Demand{Namespace: ns, Service: svc, Held: held, Inflight: inflight}
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-type pending struct {
-	held, inflight int
-	ok             bool
-}
-
-func pendingOf(q *GatewayQueue, ns, svc string) pending {
-	h, i, ok := q.Pending(ns, svc)
-	return pending{h, i, ok}
-}
-
-func TestGatewayQueuePoll(t *testing.T) {
-	fq := newFakeQueue(t, `{"model/iris": {"held": 3, "inflight": 5}, "model/wine": {"held": 0, "inflight": 1}}`)
-	q := NewGatewayQueue(fq.srv.URL, time.Hour, quietLog())
-	ctx := context.Background()
-	if got := pendingOf(q, "model", "iris"); got.ok {
-		t.Fatalf("before the first poll: %+v, want unknown", got)
-	}
-	if err := q.Poll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	steps := []struct {
-		name      string
-		code      int
-		body      string
-		wantErr   string
-		ns, svc   string
-		want      pending
-		staleness time.Duration // MaxAge set before asking; 0: default
-	}{
-		{name: "listed", ns: "model", svc: "iris", want: pending{3, 5, true}},
-		{name: "other namespace", ns: "other", svc: "iris", want: pending{0, 0, true}},
-		{name: "unlisted", ns: "model", svc: "nope", want: pending{0, 0, true}},
-		{name: "server error keeps the last answer", code: http.StatusInternalServerError, body: "boom", wantErr: "HTTP 500", ns: "model", svc: "iris", want: pending{3, 5, true}},
-		{name: "bad JSON keeps the last answer", code: http.StatusOK, body: `{"model/iris": "three"}`, wantErr: "decoding the queue JSON", ns: "model", svc: "iris", want: pending{3, 5, true}},
-		{name: "not an object", code: http.StatusOK, body: `[1,2]`, wantErr: "decoding", ns: "model", svc: "iris", want: pending{3, 5, true}},
-		{name: "new answer", code: http.StatusOK, body: `{"model/iris": {"held": 1}}`, ns: "model", svc: "iris", want: pending{1, 0, true}},
-		{name: "stale", ns: "model", svc: "iris", staleness: time.Nanosecond, want: pending{0, 0, false}},
-	}
-	for _, st := range steps {
-		if st.code != 0 {
-			fq.set(st.code, st.body)
-			err := q.Poll(ctx)
-			if (err == nil) != (st.wantErr == "") || (err != nil && !strings.Contains(err.Error(), st.wantErr)) {
-				t.Fatalf("%s: Poll() = %v, want error containing %q", st.name, err, st.wantErr)
-			}
-		}
-		if st.staleness != 0 {
-			q.MaxAge = st.staleness
-			time.Sleep(time.Millisecond) // older than 1 ns, whatever the clock's resolution
-		}
-		if got := pendingOf(q, st.ns, st.svc); got != st.want {
-			t.Errorf("%s: Pending(%s, %s) = %+v, want %+v", st.name, st.ns, st.svc, got, st.want)
-		}
-	}
-}
-
-func TestGatewayQueueUnreachable(t *testing.T) {
-	fq := newFakeQueue(t, `{}`)
-	url := fq.srv.URL
-	fq.srv.Close()
-	q := NewGatewayQueue(url, time.Hour, quietLog())
-	if err := q.Poll(context.Background()); err == nil || !strings.Contains(err.Error(), "fetching "+url) {
-		t.Errorf("Poll() of a closed server = %v, want a fetching error naming the URL", err)
-	}
-	if got := pendingOf(q, "model", "iris"); got.ok {
-		t.Errorf("after a failed first poll: %+v, want unknown", got)
-	}
-}
-
-// Requests waiting at the gateway wake a workload at zero pods: IsActive,
-// GetMetrics and the stream follow the gateway's queue, and the stream pushes
-// on the queue's answer, not only on its own poll.
-func TestWakeFromGatewayQueue(t *testing.T) {
+// Requests held at the activator wake a workload at zero pods: IsActive,
+// GetMetrics and the stream follow the activator's demand stream, and the
+// stream pushes on its snapshots, not only on its own poll.
+func TestWakeFromActivatorDemand(t *testing.T) {
 	src := world()
-	fq := newFakeQueue(t, `{}`)
+	fa := newFakeActivator(t)
 	ts := serve(t, src, Config{
-		Pods: src, GatewayQueueURL: fq.srv.URL, GatewayQueueInterval: 10 * time.Millisecond,
+		Pods: src, Pending: fa.watch(t),
 		// So slow that only the queue's answers can drive the stream.
 		PollInterval: time.Hour,
 	})
@@ -140,7 +104,7 @@ func TestWakeFromGatewayQueue(t *testing.T) {
 		})
 	}
 	zero := answer{MetricName: "requests_per_second"}
-	want("an idle workload with an empty queue to be inactive at 0", zero)
+	want("an idle workload with nothing held to be inactive at 0", zero)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -164,66 +128,58 @@ func TestWakeFromGatewayQueue(t *testing.T) {
 	}
 	expect(false)
 
-	fq.set(http.StatusOK, `{"model/idle-svc": {"held": 1, "inflight": 0}}`)
+	fa.set(held("model", "idle-svc", 1, 0))
 	expect(true)
 	want("one held request to make it active with value 1",
 		answer{Active: true, MetricName: "requests_per_second", MetricValue: 1, MetricFloat: 1})
 
-	fq.set(http.StatusOK, `{"model/idle-svc": {"held": 2, "inflight": 1}}`)
+	fa.set(held("model", "idle-svc", 2, 1))
 	want("held+inflight as the value", answer{Active: true, MetricName: "requests_per_second", MetricValue: 3, MetricFloat: 3})
 
-	fq.set(http.StatusOK, `{"model/idle-svc": {"held": 0, "inflight": 0}, "model/other": {"held": 9}}`)
+	fa.set(held("model", "idle-svc", 0, 0), held("model", "other", 9, 0))
 	expect(false)
-	want("an emptied queue to make it inactive again", zero)
+	want("no held requests to make it inactive again", zero)
 
-	// With pods, the metric is the value: the queue only adds activity.
+	// With pods, the metric is the value: held requests only add activity.
 	iris := ref(md("deploymentName=iris", "wakeServiceName=iris", "metricName=requests_per_second", "targetValue=5", "activationValue=100"))
-	fq.set(http.StatusOK, `{"model/iris": {"held": 4}}`)
+	fa.set(held("model", "iris", 4, 0))
 	waitFor(t, "held requests to activate a running workload", func() bool {
 		got := ask(t, c, iris)
 		return got.Active && got.MetricFloat == 7.5
 	})
 	if got := ask(t, c, ref(md("deploymentName=iris", "metricName=requests_per_second", "targetValue=5", "activationValue=100"))); got.Active {
-		t.Error("a trigger without a wake Service was activated by the queue")
+		t.Error("a trigger without a wake Service was activated by the activator's demand")
 	}
 }
 
-// A queue that stops answering is unknown once stale: only the metric counts.
-func TestStaleGatewayQueueFallsBackToMetric(t *testing.T) {
+// An activator replica that goes away no longer counts, at once: only the
+// metric does.
+func TestActivatorGoneFallsBackToMetric(t *testing.T) {
 	src := world()
-	fq := newFakeQueue(t, `{"model/idle-svc": {"held": 5}}`)
-	q := NewGatewayQueue(fq.srv.URL, 10*time.Millisecond, quietLog())
-	q.MaxAge = 100 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go q.Run(ctx)
-	ts := serve(t, src, Config{Pods: src, Pending: q})
+	fa := newFakeActivator(t, held("model", "idle-svc", 5, 0))
+	ts := serve(t, src, Config{Pods: src, Pending: fa.watch(t)})
 	c := pb.NewExternalScalerClient(dial(t, ts.addr, nil))
 	idle := ref(md("deploymentName=idle", "wakeServiceName=idle-svc", "metricName=requests_per_second", "targetValue=5"))
-	waitFor(t, "the queue to activate the idle workload", func() bool { return ask(t, c, idle).Active })
-
-	fq.set(http.StatusServiceUnavailable, "gateway restarting")
-	waitFor(t, "the stale queue to be ignored", func() bool {
+	waitFor(t, "held requests to activate the idle workload", func() bool { return ask(t, c, idle).Active })
+	fa.stop()
+	waitFor(t, "the gone replica to be ignored", func() bool {
 		got := ask(t, c, idle)
 		return got.ValueCode == codes.OK && !got.Active && got.MetricFloat == 0
 	})
-	fq.set(http.StatusOK, `{"model/idle-svc": {"held": 5}}`)
-	waitFor(t, "a fresh answer to count again", func() bool { return ask(t, c, idle).Active })
 }
 
-func TestGatewayQueueFlags(t *testing.T) {
+func TestActivatorServiceFlag(t *testing.T) {
 	tests := []struct {
 		name, prefix string
 		args         []string
-		wantURL      string
+		want         string
 		wantErr      string
 	}{
 		{name: "off by default", prefix: ""},
-		{name: "standalone", prefix: "", args: []string{"--gateway-queue-url=http://gateway:8080/queue"}, wantURL: "http://gateway:8080/queue"},
-		{name: "in the adapter", prefix: "scaler-", args: []string{"--scaler-gateway-queue-url=https://gw/queue", "--scaler-gateway-queue-interval=1s"}, wantURL: "https://gw/queue"},
-		{name: "no scheme", prefix: "", args: []string{"--gateway-queue-url=gateway:8080/queue"}, wantErr: "gateway-queue-url"},
-		{name: "not http", prefix: "", args: []string{"--gateway-queue-url=ftp://gw/queue"}, wantErr: "must be an http:// or https:// URL"},
-		{name: "bad interval", prefix: "", args: []string{"--gateway-queue-url=http://gw/queue", "--gateway-queue-interval=0s"}, wantErr: "gateway-queue-interval: must be positive"},
+		{name: "standalone", prefix: "", args: []string{"--activator-service=mlscale/mlscale-activator"}, want: "mlscale/mlscale-activator"},
+		{name: "in the adapter", prefix: "scaler-", args: []string{"--scaler-activator-service=ns/act"}, want: "ns/act"},
+		{name: "no namespace", prefix: "", args: []string{"--activator-service=mlscale-activator"}, wantErr: `activator-service: "mlscale-activator" must be namespace/name`},
+		{name: "a URL", prefix: "", args: []string{"--activator-service=http://act/queue"}, wantErr: "must be namespace/name"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -241,8 +197,8 @@ func TestGatewayQueueFlags(t *testing.T) {
 			if (tc.wantErr == "") != (got == "") || !strings.Contains(got, tc.wantErr) {
 				t.Errorf("Validate() = %q, want %q", got, tc.wantErr)
 			}
-			if tc.wantErr == "" && cfg.GatewayQueueURL != tc.wantURL {
-				t.Errorf("GatewayQueueURL = %q, want %q", cfg.GatewayQueueURL, tc.wantURL)
+			if tc.wantErr == "" && cfg.ActivatorService != tc.want {
+				t.Errorf("ActivatorService = %q, want %q", cfg.ActivatorService, tc.want)
 			}
 		})
 	}

@@ -6,11 +6,12 @@
 // adapter process sharing one collector: New, then Serve or Register.
 //
 // A workload at zero pods has nothing to scrape, so nothing in the collector
-// can wake it. With Config.GatewayQueueURL (--gateway-queue-url) the scaler
-// also polls the gateway's queue JSON, and requests held or in flight there
-// for a trigger's wake Service (metadata wakeServiceName, by default its
-// serviceName) make the trigger active and, at zero pods, are the metric
-// value, as KEDA's http-add-on does with its interceptor's queue.
+// can wake it. With Config.ActivatorService (--activator-service) the scaler
+// also watches the activator's demand stream (activator/api), and requests
+// held or in flight there for a trigger's wake Service (metadata
+// wakeServiceName, by default its serviceName) make the trigger active the
+// moment they are held and, at zero pods, are the metric value, as KEDA's
+// http-add-on does with its interceptor's queue.
 package scaler
 
 import (
@@ -83,8 +84,8 @@ var _ pb.ExternalScalerServer = (*Server)(nil)
 // New returns a scaler reading from reader, resolving workload names with
 // resolver. cfg.Pods (optional) distinguishes zero pods from unscraped pods.
 // Its metrics are registered on cfg.Registerer (a fresh registry when nil).
-// With cfg.GatewayQueueURL (and no cfg.Pending) it polls the gateway's queue
-// until Shutdown.
+// With cfg.ActivatorService (and no cfg.Pending) it watches the activator's
+// demand until Shutdown.
 func New(reader Reader, resolver Resolver, cfg Config) *Server {
 	cfg.defaults()
 	s := &Server{
@@ -99,19 +100,23 @@ func New(reader Reader, resolver Resolver, cfg Config) *Server {
 	}
 	s.health.SetServingStatus(ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.pending = cfg.Pending
-	if s.pending == nil && cfg.GatewayQueueURL != "" {
-		// Polled from now until Shutdown (which Serve calls when it
+	if s.pending == nil && cfg.ActivatorService != "" && cfg.Kube != nil {
+		// Watched from now until Shutdown (which Serve calls when it
 		// ends), so the first answer is there before KEDA asks.
-		q := NewGatewayQueue(cfg.GatewayQueueURL, cfg.GatewayQueueInterval, cfg.Logger)
-		s.pending = q
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() { <-s.done; cancel() }()
-		go q.Run(ctx)
+		w, err := WatchActivator(ctx, cfg.Kube, cfg.ActivatorService, cfg.Logger)
+		if err != nil {
+			// Validate has checked the name; nothing else fails here.
+			cfg.Logger.Error("watching the activator's demand", "err", err)
+		} else {
+			s.pending = w
+		}
 	}
 	return s
 }
 
-// pendingFor returns the requests held and in flight at the gateway for t's
+// pendingFor returns the requests held and in flight at the activator for t's
 // wake Service; ok is false without a source, a wake Service, or a fresh
 // answer, when only the metric counts.
 func (s *Server) pendingFor(t *trigger.Trigger) (int, bool) {
@@ -122,7 +127,7 @@ func (s *Server) pendingFor(t *trigger.Trigger) (int, bool) {
 	return held + inflight, ok
 }
 
-// active is IsActive's answer: requests pending at the gateway, or else the
+// active is IsActive's answer: requests pending at the activator, or else the
 // metric above activationValue.
 func (s *Server) active(ctx context.Context, t *trigger.Trigger) (bool, error) {
 	if n, ok := s.pendingFor(t); ok && n > 0 {
@@ -156,7 +161,7 @@ func (s *Server) Shutdown() {
 }
 
 // IsActive reports whether the workload's value is above activationValue
-// or, with a pending source, requests are held or in flight at the gateway
+// or, with a pending source, requests are held or in flight at the activator
 // for the trigger's wake Service.
 func (s *Server) IsActive(ctx context.Context, ref *pb.ScaledObjectRef) (*pb.IsActiveResponse, error) {
 	t, err := s.trigger(ref)
@@ -180,7 +185,7 @@ func (s *Server) GetMetricSpec(_ context.Context, ref *pb.ScaledObjectRef) (*pb.
 }
 
 // GetMetrics returns the workload's aggregated value. At zero pods, with
-// requests held or in flight at the gateway for the wake Service, it returns
+// requests held or in flight at the activator for the wake Service, it returns
 // their number instead (the metric is 0 there), so the HPA KEDA hands the
 // woken workload to computes at least one replica.
 func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb.GetMetricsResponse, error) {
@@ -215,7 +220,7 @@ func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb
 // scrape that saw it. While the value is unknown (no data, scrape failing) the
 // stream stays open and silent: "no data" must not be pushed as "inactive",
 // and KEDA's polling IsActive/GetMetrics report the error meanwhile. Requests
-// pending at the gateway count as active (see IsActive) and are re-read at
+// pending at the activator count as active (see IsActive) and are re-read at
 // every new answer of the pending source as well.
 func (s *Server) StreamIsActive(ref *pb.ScaledObjectRef, stream grpc.ServerStreamingServer[pb.IsActiveResponse]) error {
 	t, err := s.trigger(ref)

@@ -135,7 +135,9 @@ func (w *Watcher) Updated() <-chan struct{} {
 
 // Demand sums namespace/service's demand over the replicas with a snapshot
 // younger than StaleAfter (ReadyEndpoints is their largest view). ok is
-// false when no replica has one: the demand is unknown, not zero.
+// false when none of them reports the Service (not fronted, or no replica
+// answering): the demand is unknown, not zero, so a typo in a Service name
+// never reads as "no demand, scale to zero".
 func (w *Watcher) Demand(namespace, service string) (d Demand, ok bool) {
 	d = Demand{Namespace: namespace, Service: service}
 	w.mu.Lock()
@@ -144,9 +146,9 @@ func (w *Watcher) Demand(namespace, service string) (d Demand, ok bool) {
 		if s.at.IsZero() || time.Since(s.at) > StaleAfter {
 			continue
 		}
-		ok = true
 		for _, sd := range s.snap.Services {
 			if sd.Namespace == namespace && sd.Service == service {
+				ok = true
 				d.ArrivalsPerSecond += sd.ArrivalsPerSecond
 				d.Held += sd.Held
 				d.Inflight += sd.Inflight

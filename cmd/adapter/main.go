@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	promapi "github.com/prometheus/client_golang/api"
@@ -28,6 +29,7 @@ import (
 	cmmetrics "sigs.k8s.io/custom-metrics-apiserver/pkg/apiserver/metrics"
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
+	"github.com/mlscale/mlscale/activator/api"
 	"github.com/mlscale/mlscale/adapter"
 	"github.com/mlscale/mlscale/burst"
 	"github.com/mlscale/mlscale/collector"
@@ -60,6 +62,10 @@ type adapterCmd struct {
 	// (burst/), serving the HPA the demand it acted on.
 	burst    bool
 	burstCfg burst.Config
+	// activatorService ("namespace/name") is the activator whose
+	// per-Service demand is served as Object metrics on Services
+	// (adapter.DemandMetrics), and read by the embedded scaler.
+	activatorService string
 }
 
 // ownerCheckInterval is how often the adapter checks who owns
@@ -91,6 +97,7 @@ func main() {
 	fs.BoolVar(&cmd.enableExternal, "enable-external-metrics", true, "serve external.metrics.k8s.io too; turn off where another provider (KEDA) owns that API group")
 	fs.StringVar(&cmd.serviceNamespace, "service-namespace", defaultNamespace(), "namespace of this adapter's Service, which the external.metrics.k8s.io APIService should point at ($POD_NAMESPACE when set)")
 	fs.StringVar(&cmd.serviceName, "service-name", "mlscale-adapter", "name of this adapter's Service; with external metrics on, the adapter warns when the APIService points elsewhere (KEDA)")
+	fs.StringVar(&cmd.activatorService, "activator-service", "", "the activator's Service, namespace/name (e.g. mlscale/mlscale-activator): serve its per-Service demand as activator_* Object metrics on Services, present while a workload has no pod (empty: off)")
 	fs.StringVar(&cmd.prometheusURL, "prometheus-url", "", "read the metrics from this Prometheus with PromQL instead of scraping pods (the config's rules still apply; discovery and scrape settings do not)")
 	fs.DurationVar(&cmd.promWindow, "prometheus-window", promql.NewOptions().Window, "rate window of the PromQL queries (at least four of that Prometheus' scrape intervals)")
 	fs.BoolVar(&cmd.kedaScaler, "keda-scaler", false, "also serve the KEDA external scaler (gRPC, --scaler-address) from this process's collector instead of running cmd/scaler")
@@ -190,6 +197,14 @@ func run(cmd *adapterCmd) error {
 		}
 	}
 	prov := adapter.NewProvider(src, resolver, reg)
+	var demand *api.Watcher
+	if cmd.activatorService != "" {
+		demand = api.NewWatcher(slog.Default())
+		prov.WithDemand(demand)
+		if cmd.scalerCfg.Pending == nil && cmd.scalerCfg.ActivatorService == "" {
+			cmd.scalerCfg.Pending = demand // one watcher for both front doors
+		}
+	}
 	cmd.WithCustomMetrics(prov)
 	if cmd.enableExternal {
 		cmd.WithExternalMetrics(prov)
@@ -207,8 +222,17 @@ func run(cmd *adapterCmd) error {
 	ctx := genericapiserver.SetupSignalContext()
 	start(ctx)
 	startBurst(ctx)
+	if demand != nil {
+		ns, name, ok := strings.Cut(cmd.activatorService, "/")
+		if !ok || ns == "" || name == "" {
+			return fmt.Errorf("--activator-service %q: want namespace/name", cmd.activatorService)
+		}
+		if err := demand.Discover(ctx, client, ns, name); err != nil {
+			return err
+		}
+	}
 	if cmd.kedaScaler {
-		if err := startScaler(ctx, cmd, src, resolver, inf, loop); err != nil {
+		if err := startScaler(ctx, cmd, client, src, resolver, inf, loop); err != nil {
 			return err
 		}
 	}
@@ -257,11 +281,12 @@ func logOwnerEvent(ev adapter.OwnerEvent) {
 // startScaler serves the KEDA external scaler next to the metrics APIs,
 // sharing the collector and the informer caches. A scaler failure ends the
 // process, so a half-working adapter is never left running.
-func startScaler(ctx context.Context, cmd *adapterCmd, src adapter.Source, resolver collector.SelectorResolver, inf informers.SharedInformerFactory, loop adapter.LoopState) error {
+func startScaler(ctx context.Context, cmd *adapterCmd, client kubernetes.Interface, src adapter.Source, resolver collector.SelectorResolver, inf informers.SharedInformerFactory, loop adapter.LoopState) error {
 	cfg := cmd.scalerCfg
 	cfg.Registerer = legacyregistry.Registerer()
 	cfg.Pods = scaler.ListerPodCounter{Pods: inf.Core().V1().Pods().Lister()}
 	cfg.Logger = slog.Default()
+	cfg.Kube = client
 	cfg.Healthy, cfg.Ready = loop.Healthy, loop.Ready
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return fmt.Errorf("--keda-scaler: %w", errors.Join(errs...))

@@ -7,9 +7,9 @@
 //
 // The collector config is the adapter's (scrape, discovery, rules), so both
 // serve the same metric names. /metrics, /healthz and /readyz are on
-// --metrics-address (6001). --gateway-queue-url polls the gateway's queue
-// JSON, so requests held there for a trigger's wakeServiceName wake a
-// workload scaled to zero.
+// --metrics-address (6001). --activator-service watches the activator's
+// demand stream, so requests held there for a trigger's wakeServiceName
+// wake a workload scaled to zero at once.
 package main
 
 import (
@@ -92,6 +92,7 @@ func run(args []string) error {
 		factory.Core().V1().Services().Informer().HasSynced,
 	}
 	cfg.Registerer, cfg.Gatherer = reg, reg
+	cfg.Kube = client
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	cfg.Healthy = col.Healthy
 	cfg.Ready = func() error {
