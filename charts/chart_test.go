@@ -101,7 +101,8 @@ func TestBadValuesAreRejected(t *testing.T) {
 		{"KEDA with mlscale owning external metrics", []string{"--set", "keda.enabled=true", "--set", "externalMetrics.owner=mlscale"}, "KEDA's metrics server must own external.metrics.k8s.io"},
 		{"an extra arg that is not a flag", []string{"--set", "adapter.extraArgs[0]=v=4"}, "extraArgs"},
 		{"issuerRef without a name", []string{"--set", "certificates.source=cert-manager", "--set", "certificates.certManager.issuerRef.kind=ClusterIssuer"}, "name"},
-		{"the activator, not in this chart yet", []string{"--set", "activator.enabled=true"}, "activator"},
+		{"a wake target of a kind the activator cannot scale", []string{"--set", "activator.enabled=true", "--set", "activator.wakeTargets[0].namespace=model",
+			"--set", "activator.wakeTargets[0].kind=StatefulSet", "--set", "activator.wakeTargets[0].name=x"}, "wakeTargets"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Template(ctx(t), h, "mlscale", "mlscale", tc.args...)

@@ -77,6 +77,8 @@ func TestMatchesKustomize(t *testing.T) {
 		{"keda = base + components/keda", []string{"--set", "keda.enabled=true"}, []string{"keda"}, nil},
 		{"cert-manager and keda = base + components/cert-manager + keda",
 			[]string{"--set", "keda.enabled=true", "--set", "certificates.source=cert-manager"}, []string{"cert-manager", "keda"}, nil},
+		{"activator = base + components/hpa + activator + hpa-zero",
+			[]string{"-f", filepath.Join(Dir(), "ci", "activator-values.yaml")}, []string{"hpa", "activator", "hpa-zero"}, nil},
 		{"podMonitor = components/prometheus' PodMonitor",
 			[]string{"--set", "monitoring.podMonitor.enabled=true"}, []string{"prometheus"}, []string{"PodMonitor"}},
 	} {
