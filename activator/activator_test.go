@@ -55,7 +55,7 @@ func TestErrors(t *testing.T) {
 		{"no service name", "/seldon/model/", http.StatusNotFound, "want /seldon/{namespace}/{name}/"},
 		{"unknown service", "/seldon/model/nope/api/v1.0/predictions", http.StatusNotFound, "service model/nope is not fronted here (annotate it activator.mlscale.io/enabled=true)"},
 		{"service not annotated", "/seldon/model/plain/predict", http.StatusNotFound, "service model/plain is not fronted here"},
-		{"no ready endpoint, holding off", "/seldon/model/empty/api/v1.0/predictions", http.StatusServiceUnavailable, "limit activator.mlscale.io/queue-length=0"},
+		{"no ready endpoint, holding off", "/seldon/model/empty/api/v1.0/predictions", http.StatusServiceUnavailable, "service model/empty has no ready endpoint (holding is off: activator.mlscale.io/queue-length=0)"},
 	}
 	h.waitFronted(t, "empty")
 	for _, tc := range tests {

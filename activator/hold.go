@@ -35,6 +35,12 @@ func (a *Activator) hold(w http.ResponseWriter, r *http.Request, st *service, gr
 		return eps, 0
 	}
 	p := st.policy
+	if p.QueueLength == 0 {
+		st.mu.Unlock()
+		a.m.outcomes.WithLabelValues(st.ns, st.name, outcomeFull).Inc()
+		a.refuse(w, fmt.Sprintf("activator: service %s has no ready endpoint (holding is off: %s=0)", st.key, AnnotationQueueLength))
+		return nil, http.StatusServiceUnavailable
+	}
 	if st.held >= p.QueueLength {
 		n := st.held
 		st.mu.Unlock()

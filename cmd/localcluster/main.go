@@ -1,7 +1,7 @@
 // Command localcluster builds and runs mlscale's local Kubernetes cluster:
 // the real control plane on this machine's loopback, a node agent that runs
-// pods as local processes, metrics-server, and a gateway that routes
-// /seldon/{namespace}/{name}/... as Istio's ingress does for Seldon.
+// pods as local processes, metrics-server, and a gateway that sends every
+// request to the activator's Service, as Istio's ingress does on EKS.
 package main
 
 import (

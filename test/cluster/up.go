@@ -5,12 +5,13 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,11 +60,6 @@ type Cluster struct {
 	Kubectl    string
 	Gateway    string
 }
-
-// GatewayAdminPort is where the gateway's hold queue (/queue) and metrics
-// are served on the node address (Istio's ingress merges its metrics on
-// 15020 too).
-const GatewayAdminPort = 15020
 
 // ReadyFile is written into the state directory once the cluster is up: the
 // path of the admin kubeconfig, for scripts and tests waiting on it.
@@ -173,7 +169,9 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 	reg := prometheus.NewRegistry()
 	gwCtx, stopGW := context.WithCancel(ctx)
 	defer stopGW()
-	gw, err := gateway.NewForClient(gwCtx, cp.Client, reg)
+	// The ingress: everything to the activator's Service (applied with the
+	// overlays), as Istio's ingress gateway sends it on EKS.
+	gw, err := gateway.NewForClient(gwCtx, cp.Client, reg, gateway.ActivatorService, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		return err
 	}
@@ -186,36 +184,24 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 		return fmt.Errorf("gateway cannot listen on %s, something else is using it: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/seldon/", gw)
+	mux.Handle("/", gw)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle("/queue", gw.QueueHandler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // gRPC (h2c) to the activator
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, Protocols: &protocols}
 	go func() { _ = srv.Serve(l) }()
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	// Pods reach the gateway's admin side (hold queue, metrics) on the node
-	// address, as a pod reaches a node-local agent: the local-keda overlay
-	// points the scaler's --gateway-queue-url here.
-	adminAddr := net.JoinHostPort(o.NodeIP, strconv.Itoa(GatewayAdminPort))
-	al, err := net.Listen("tcp", adminAddr)
-	if err != nil {
-		return fmt.Errorf("gateway admin endpoint cannot listen on %s: %w", adminAddr, err)
-	}
-	admin := http.NewServeMux()
-	admin.Handle("/queue", gw.QueueHandler())
-	admin.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	asrv := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = asrv.Serve(al) }()
-	defer asrv.Close()
 
 	c := &Cluster{CP: cp, Kubeconfig: cp.PKI.AdminKubeconfig, Kubectl: kubectl, Gateway: "http://" + l.Addr().String()}
 	if err := os.WriteFile(filepath.Join(o.StateDir, ReadyFile), []byte(c.Kubeconfig+"\n"), 0o644); err != nil {
 		return err
 	}
-	o.logf("\nlocal cluster up:\n  export KUBECONFIG=%s\n  %s get pods -A\n  gateway: %s/seldon/{namespace}/{service}/...\n  logs: %s\nCtrl-C stops everything.",
+	o.logf("\nlocal cluster up:\n  export KUBECONFIG=%s\n  %s get pods -A\n  gateway (to the activator): %s/seldon/{namespace}/{service}/...\n  logs: %s\nCtrl-C stops everything.",
 		c.Kubeconfig, kubectl, c.Gateway, filepath.Join(o.StateDir, "logs"))
 	if o.Ready != nil {
 		o.Ready(c)
