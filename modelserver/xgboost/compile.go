@@ -10,8 +10,8 @@ import (
 // learner parameters, not yet checked. compile checks and flattens it.
 type rawModel struct {
 	objective   string
-	booster     string // "gbtree" or "dart"; anything else is refused
-	baseScore   float32
+	booster     string    // "gbtree" or "dart"; anything else is refused
+	baseScore   []float32 // one value, or one per output group (3.1+)
 	numFeatures int
 	numClass    int
 	numTarget   int
@@ -63,12 +63,18 @@ func (r *rawModel) compile() (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	if math.IsNaN(float64(r.baseScore)) || math.IsInf(float64(r.baseScore), 0) {
-		return nil, fmt.Errorf("base_score %v is not finite", r.baseScore)
+	if len(r.baseScore) != 1 && len(r.baseScore) != groups {
+		return nil, fmt.Errorf("base_score has %d values for %d output groups (want 1 or %d)", len(r.baseScore), groups, groups)
 	}
-	margin, err := obj.probToMargin(r.baseScore)
-	if err != nil {
-		return nil, err
+	margin := make([]float32, groups)
+	for g := range margin {
+		b := r.baseScore[min(g, len(r.baseScore)-1)]
+		if math.IsNaN(float64(b)) || math.IsInf(float64(b), 0) {
+			return nil, fmt.Errorf("base_score %v is not finite", b)
+		}
+		if margin[g], err = obj.probToMargin(b); err != nil {
+			return nil, err
+		}
 	}
 	if len(r.treeInfo) != len(r.trees) {
 		return nil, fmt.Errorf("tree_info has %d entries for %d trees", len(r.treeInfo), len(r.trees))

@@ -48,6 +48,11 @@ func fromDocument(doc any) (*rawModel, error) {
 			return nil, err
 		}
 	}
+	if v, ok := root["version"]; ok {
+		if err := checkVersion(v); err != nil {
+			return nil, err
+		}
+	}
 	learner, err := field[map[string]any](root, "learner", object)
 	if err != nil {
 		return nil, err
@@ -57,7 +62,7 @@ func fromDocument(doc any) (*rawModel, error) {
 		return nil, err
 	}
 	r := &rawModel{}
-	if r.baseScore, err = baseScore(params["base_score"]); err != nil {
+	if r.baseScore, err = baseScores(params["base_score"]); err != nil {
 		return nil, fmt.Errorf("base_score: %w", err)
 	}
 	if r.numFeatures, err = intField(params, "num_feature", true); err != nil {
@@ -123,6 +128,18 @@ func fromDocument(doc any) (*rawModel, error) {
 func treeFromDocument(tree map[string]any) (rawTree, error) {
 	var t rawTree
 	var err error
+	// Vector leaves (XGBoost 2.0's multi_strategy=multi_output_tree) hold
+	// one value per target in each leaf; 1.x writes 0 here, later releases 1
+	// for scalar leaves.
+	if tp, ok := tree["tree_param"].(map[string]any); ok {
+		n, err := intField(tp, "size_leaf_vector", false)
+		if err != nil {
+			return t, fmt.Errorf("tree_param: %w", err)
+		}
+		if n > 1 {
+			return t, fmt.Errorf("size_leaf_vector %d: vector leaves (multi_strategy=multi_output_tree) are not supported", n)
+		}
+	}
 	if t.left, err = field[[]int32](tree, "left_children", int32s); err != nil {
 		return t, err
 	}
@@ -232,12 +249,79 @@ func intField(obj map[string]any, key string, required bool) (int, error) {
 	return int(n), nil
 }
 
-// baseScore reads base_score: "5E-1" in 1.x, "[5E-1]" in later releases.
-func baseScore(v any) (float32, error) {
-	if s, ok := v.(string); ok && strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
-		v = strings.TrimSpace(s[1 : len(s)-1])
+// Model format versions read here: XGBoost writes its release as
+// "version": [major, minor, patch] beside "learner". The schema of 1.x, 2.x
+// and 3.x is the one this package reads (2.0 made base_score a vector
+// string, 3.1 one value per output group); a later major release may not
+// be, so it is refused rather than misread.
+const minMajor, maxMajor = 1, 3
+
+// checkVersion reads the document's version and refuses releases whose
+// format is not known here.
+func checkVersion(v any) error {
+	var parts []int64
+	switch a := v.(type) {
+	case []any:
+		for _, x := range a {
+			if _, ok := x.(string); ok {
+				return fmt.Errorf("version: want [major, minor, patch] numbers, got a string in it")
+			}
+			n, err := toInt(x)
+			if err != nil {
+				return fmt.Errorf("version: %w", err)
+			}
+			parts = append(parts, n)
+		}
+	case []int32:
+		for _, x := range a {
+			parts = append(parts, int64(x))
+		}
+	case []int64:
+		parts = a
+	case []uint8:
+		for _, x := range a {
+			parts = append(parts, int64(x))
+		}
+	default:
+		return fmt.Errorf("version: want [major, minor, patch], got %s", kind(v))
 	}
-	return toFloat32(v)
+	if len(parts) != 3 {
+		return fmt.Errorf("version: want [major, minor, patch], got %d numbers", len(parts))
+	}
+	if parts[0] < minMajor || parts[0] > maxMajor {
+		return fmt.Errorf("model written by XGBoost %d.%d.%d: only the model formats of XGBoost %d.x to %d.x are supported", parts[0], parts[1], parts[2], minMajor, maxMajor)
+	}
+	return nil
+}
+
+// baseScores reads base_score: "5E-1" in 1.x, "[5E-1]" from 2.0, and from
+// 3.1 one value per output group, "[1E-1,3E-1,6E-1]" (compile checks the
+// count against the model's groups).
+func baseScores(v any) ([]float32, error) {
+	s, ok := v.(string)
+	if !ok || !strings.HasPrefix(s, "[") {
+		f, err := toFloat32(v)
+		if err != nil {
+			return nil, err
+		}
+		return []float32{f}, nil
+	}
+	if !strings.HasSuffix(s, "]") {
+		return nil, fmt.Errorf("%q: a vector must end with ]", s)
+	}
+	items := strings.Split(s[1:len(s)-1], ",")
+	if len(items) > maxGroups {
+		return nil, fmt.Errorf("%d values, more than %d output groups", len(items), maxGroups)
+	}
+	out := make([]float32, len(items))
+	for i, it := range items {
+		f, err := toFloat32(strings.TrimSpace(it))
+		if err != nil {
+			return nil, fmt.Errorf("value %d of %q: %w", i, s, err)
+		}
+		out[i] = f
+	}
+	return out, nil
 }
 
 func toInt(v any) (int64, error) {

@@ -64,7 +64,7 @@ func decodeLegacy(data []byte) (*rawModel, error) {
 		return nil, fmt.Errorf("learner parameters: %w", err)
 	}
 	m := &rawModel{
-		baseScore:   math.Float32frombits(u32(p, 0)),
+		baseScore:   []float32{math.Float32frombits(u32(p, 0))},
 		numFeatures: int(min(u32(p, 4), math.MaxInt32)),
 		numClass:    int(i32(p, 8)),
 		numTarget:   int(min(u32(p, 28), math.MaxInt32)),

@@ -34,8 +34,8 @@ import (
 type Model struct {
 	obj         *objective
 	numFeatures int
-	numGroups   int     // output groups: num_class, or 1
-	baseMargin  float32 // base_score as a margin (objective's ProbToMargin)
+	numGroups   int       // output groups: num_class, or 1
+	baseMargin  []float32 // base_score as a margin (objective's ProbToMargin), one per output group
 
 	// nodes holds every tree, each laid out breadth-first so that a node's
 	// right child is always left+1: one 12-byte record per node, one array

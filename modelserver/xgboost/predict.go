@@ -94,8 +94,8 @@ const lanes = 8
 // uses, so results are bit-identical to its predictor.
 func (m *Model) margins(ex []float32, rows int, margins []float32) {
 	nf2, ng := 2*m.numFeatures, m.numGroups
-	for i := range margins {
-		margins[i] = m.baseMargin
+	for r := 0; r+ng <= len(margins); r += ng {
+		copy(margins[r:r+ng], m.baseMargin)
 	}
 	if rows == 0 {
 		return
