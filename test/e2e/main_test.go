@@ -68,7 +68,7 @@ func run(m *testing.M) int {
 	if os.Getenv("MLSCALE_E2E_NO_METRICS_SERVER") == "1" {
 		args = append(args, "--no-metrics-server")
 	}
-	// KEDA for TestKEDAScaleToZero; MLSCALE_E2E_NO_KEDA=1 leaves it out.
+	// KEDA for TestKEDAThroughActivator; MLSCALE_E2E_NO_KEDA=1 leaves it out.
 	if os.Getenv("MLSCALE_E2E_NO_KEDA") != "1" {
 		args = append(args, "--keda")
 	}

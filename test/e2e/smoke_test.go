@@ -120,12 +120,14 @@ func predictBatch(ctx context.Context, path string, rows [][]float64) ([][]float
 }
 
 // TestSmoke: the control plane schedules a model server on the node, which
-// runs it Ready on its own pod address; the gateway reaches it and gets
+// runs it Ready on its own pod address; the gateway and the activator reach
+// it and get
 // XGBoost's own answer; scaling to two spreads traffic over both; deleting
 // a pod under load is graceful (preStop, drain) and fails no request.
 func TestSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	deployActivator(t, ctx) // the request path, as the overlays deploy it
 	manifest, err := os.ReadFile("testdata/smoke.yaml")
 	if err != nil {
 		t.Fatal(err)
