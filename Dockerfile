@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # mlscale: one image, every binary at its root (/modelserver, /adapter,
-# /scaler, /loadgen), plus the seed's iris model at /models/iris/model.joblib.
+# /scaler, /activator, /loadgen), plus the seed's iris model at
+# /models/iris/model.joblib.
 # Manifests pick the binary with `command: [/<binary>]`.
 #
 #   docker buildx build --platform linux/amd64,linux/arm64 \
@@ -29,7 +30,7 @@ FROM gcr.io/distroless/static-debian12:nonroot
 ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="mlscale" \
-      org.opencontainers.image.description="Request-driven autoscaling for ML model servers on Kubernetes: model server, custom/external metrics adapter, KEDA external scaler, load generator" \
+      org.opencontainers.image.description="Request-driven autoscaling for ML model servers on Kubernetes: model server, custom/external metrics adapter, KEDA external scaler, activator, load generator" \
       org.opencontainers.image.source="https://github.com/mlscale/mlscale" \
       org.opencontainers.image.url="https://github.com/mlscale/mlscale" \
       org.opencontainers.image.version="${VERSION}" \

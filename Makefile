@@ -95,6 +95,13 @@ bench-scaler: ## KEDA scaler: GetMetrics from 100 ScaledObjects at once (p99 vs 
 bench-loadgen: ## loadgen vs hey vs wrk: req/s on the same 1-row endpoint, same connections, one run (apt-installs hey/wrk if missing).
 	scripts/bench-loadgen.sh
 
+.PHONY: bench-activator
+bench-activator: ## Activator on loopback: direct vs through it (1 and 10,000 rows, 4 and 64 connections: added p50/p99, throughput ratio) and first request at zero; results/bench/activator.md.
+	@mkdir -p results/bench $(BIN)
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/modelserver ./cmd/modelserver
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/activatorbench ./activator/internal/activatorbench
+	$(BIN)/activatorbench -bin $(BIN)/modelserver -model modelserver/xgboost/testdata/iris.json -out results/bench/activator.md
+
 .PHONY: bench-inference
 bench-inference: deps-python ## Go tree inference vs XGBoost inplace_predict (1 thread, same rows, same run).
 	$(PYTHON) modelserver/xgboost/bench_xgboost.py --out results/bench/inference.txt

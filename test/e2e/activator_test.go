@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -146,11 +147,18 @@ func TestPlainHPAScaleToZero(t *testing.T) {
 		t.Errorf("at zero pods, %s: %v %s (want a known 0)", raw, err, out)
 	}
 
+	readyAt := watchFirstReady(t, ctx)
 	first := time.Now()
 	if _, err := predict(ctx, modelPath, []float64{5.1, 3.5, 1.4, 0.2}); err != nil {
 		t.Fatalf("the first request at zero replicas: %v", err)
 	}
-	t.Logf("first request from zero answered in %s", time.Since(first).Round(time.Millisecond))
+	answered := time.Now()
+	select {
+	case r := <-readyAt:
+		t.Logf("first request from zero answered in %s; %s after the pod turned Ready (watched)", answered.Sub(first).Round(time.Millisecond), answered.Sub(r).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Logf("first request from zero answered in %s; the pod's Ready was not seen on the watch", answered.Sub(first).Round(time.Millisecond))
+	}
 	if n := activatorMetric(t, ctx, `mlscale_activator_wakes_total{namespace="model",result="scaled",service="iris-model-autoscale"}`); n < 1 {
 		t.Errorf("the activator scaled the Deployment from zero %v times, want >= 1", n)
 	}
@@ -174,6 +182,32 @@ func TestPlainHPAScaleToZero(t *testing.T) {
 	if load.failed.Load() != 0 {
 		t.Errorf("%d of %d requests failed; first: %v", load.failed.Load(), load.sent.Load(), load.firstErr.Load())
 	}
+}
+
+// watchFirstReady reports when a model pod is first seen Ready on a watch.
+func watchFirstReady(t *testing.T, ctx context.Context) <-chan time.Time {
+	t.Helper()
+	w, err := env.client.CoreV1().Pods("model").Watch(ctx, metav1.ListOptions{LabelSelector: modelSelector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan time.Time, 1)
+	go func() {
+		defer w.Stop()
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+					out <- time.Now()
+					return
+				}
+			}
+		}
+	}()
+	return out
 }
 
 // kubectlOut runs the cached kubectl, returning its error rather than
