@@ -20,7 +20,18 @@ type Signal struct {
 	value func(Step) float64
 	// why is the signal's trait that is not in the numbers.
 	why string
+	// late marks a signal the HPA sees late: metrics-server's CPU is a
+	// 15 s sample (bench-scaling: first scale-up 24.8 s after a step, 9.6 s
+	// for the adapter's rates). A late signal must be steadier by
+	// LatePenalty to be chosen over a fresh one.
+	late bool
 }
+
+// LatePenalty is how much steadier across mixes a late signal must be to
+// win: the capacity error a fresh signal's spread costs (the target is set
+// at the smallest capacity, so up to spread-1 over-provisioned) against
+// 15 s more of a rising load on too few pods.
+const LatePenalty = 1.25
 
 // Signals in order of preference when their capacities are equally steady:
 // the adapter's per-second rates are fresh within seconds (1 s scrapes, a
@@ -33,10 +44,17 @@ var Signals = []Signal{
 		value: func(s Step) float64 { return pick(s.RowsPerSecond, s.Achieved*float64(s.Rows)) }},
 	{Metric: "requests_per_second", Label: "requests/s", why: "counts a 500-row and a 10,000-row request alike",
 		value: func(s Step) float64 { return pick(s.RequestsPerSecond, s.Achieved) }},
-	{Metric: "cpu", Label: "CPU cores", why: "steady, but metrics-server samples every 15 s and a pod at its CPU limit looks the same at 1x and 3x its capacity",
+	{Metric: "cpu", Label: "CPU cores", late: true, why: "steady, but metrics-server samples every 15 s and a pod at its CPU limit looks the same at 1x and 3x its capacity",
 		value: func(s Step) float64 { return s.CPUCores }},
 	{Metric: "inflight_requests", Label: "in-flight", why: "grows under overload, but a few requests at the knee: coarse and noisy",
 		value: func(s Step) float64 { return s.Inflight }},
+}
+
+func score(s Signal, spread float64) float64 {
+	if s.late {
+		return spread * LatePenalty
+	}
+	return spread
 }
 
 func pick(server, client float64) float64 {
@@ -82,8 +100,9 @@ type Recommendation struct {
 }
 
 // Recommend picks the signal whose per-pod capacity varies least across the
-// mixes (ties, within 15%, go to the earlier of Signals) and sets its
-// target headroom (0.2 = 20%) below the smallest capacity.
+// mixes (a late signal's spread counted LatePenalty times; ties, within
+// 15%, go to the earlier of Signals) and sets its target headroom (0.2 =
+// 20%) below the smallest capacity.
 func Recommend(caps []Capacity, headroom float64, only string) (Recommendation, error) {
 	if len(caps) == 0 {
 		return Recommendation{}, errors.New("no capacity measured")
@@ -111,7 +130,7 @@ func Recommend(caps []Capacity, headroom float64, only string) (Recommendation, 
 		if only != "" && s.Metric != only {
 			continue
 		}
-		if best < 0 || r.Spread[s.Metric] < r.Spread[Signals[best].Metric]/1.15 {
+		if best < 0 || score(s, r.Spread[s.Metric]) < score(Signals[best], r.Spread[Signals[best].Metric])/1.15 {
 			best = i
 			r.Capacity = lo
 		}
@@ -159,11 +178,11 @@ func (r Recommendation) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	note := ""
+	note := fmt.Sprintf("\n(CPU's max/min counts %.2fx: the HPA sees metrics-server's 15 s samples late)", LatePenalty)
 	if len(r.Capacities) < 2 {
 		note = " (one mix measured: pass --rows 500,10000 to see how each signal moves with rows per request)"
 	}
-	_, err := fmt.Fprintf(w, "\nrecommended: %s (%s), capacity %s per pod, target %s (%.0f%% headroom)%s\n",
+	_, err := fmt.Fprintf(w, "\nrecommended: %s (%s), capacity %s per pod at the smallest, target %s (%.0f%% headroom)%s\n",
 		r.Signal.Label, r.Signal.Metric, fmtValue(r.Capacity), fmtValue(r.Target), r.Headroom*100, note)
 	return err
 }

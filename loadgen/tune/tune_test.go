@@ -108,6 +108,12 @@ func TestRecommend(t *testing.T) {
 		{name: "rows/s: steady, and preferred over CPU when both are", caps: capacities(), want: "predicted_rows_per_second", wantCap: 135000},
 		{name: "forced CPU", caps: capacities(), only: "cpu", want: "cpu", wantCap: 0.24},
 		{name: "forced requests/s: the smaller capacity", caps: capacities(), only: "requests_per_second", want: "requests_per_second", wantCap: 16},
+		{name: "rows/s 1.21x apart, CPU 1.02x: CPU is late, rows/s stays", want: "predicted_rows_per_second", wantCap: 41478, caps: func() []Capacity {
+			c := capacities()
+			c[0].Steps[0].RowsPerSecond, c[1].Steps[0].RowsPerSecond = 41478, 50363 // measured at 100m
+			c[0].Steps[0].CPUCores, c[1].Steps[0].CPUCores = 0.0838, 0.0823
+			return c
+		}()},
 		{name: "CPU when clearly steadier than rows/s", want: "cpu", wantCap: 0.2, caps: func() []Capacity {
 			c := capacities()
 			c[1].Steps[0].RowsPerSecond = 40000 // 3.4x apart
