@@ -36,7 +36,7 @@ fuzz: ## Run every Go fuzz target for FUZZTIME (default 8s) each; a failing inpu
 	@GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZMINIMIZETIME=$(FUZZMINIMIZETIME) scripts/fuzz.sh
 
 .PHONY: demo
-demo: demo-cluster ## The seed's experiment on the local cluster (root): SCALING=requests|cpu|keda, results/<time>/.
+demo: demo-cluster ## The seed's experiment on the local cluster (root): SCALING=tuned|requests|cpu|keda|compare|closed, results/<time>/.
 
 .PHONY: demo-standalone
 demo-standalone: ## Build, serve the iris model on loopback, run the seed scenario at SCALE (0.02), write results/<time>/.
@@ -53,14 +53,16 @@ cluster-up: build cluster-build ## Start the local cluster in the foreground (ro
 	$(BIN)/localcluster up --repo . --bin $(BIN)
 
 .PHONY: demo-cluster
-demo-cluster: build certs ## The seed's experiment on the local cluster (root): SCALING=requests|cpu|keda, loadgen through the gateway, results/<time>/.
+demo-cluster: build certs ## The seed's experiment on the local cluster (root): SCALING=tuned|requests|cpu|keda|compare|closed, loadgen through the gateway, results/<time>/.
 	@$(MAKE) --no-print-directory cluster-build CLUSTER_WITH='$(if $(filter keda,$(SCALING)),keda)'
 	SCALING='$(SCALING)' scripts/demo-cluster.sh
 
 E2E_TIMEOUT ?= 60m
-# What `make demo` scales on: requests (the adapter's requests_per_second
-# HPA), cpu (the seed's 40% CPU HPA), keda (a ScaledObject, down to zero).
-SCALING ?= requests
+# What `make demo` scales on: tuned (the rows/s HPA `loadgen tune`
+# measured), requests (requests_per_second, 4 per pod), cpu (the seed's 40%
+# CPU HPA), keda (a ScaledObject, down to zero); compare runs cpu, requests
+# and tuned on the same traffic; closed the seed's closed loop, fixed vs tuned.
+SCALING ?= tuned
 # Extra components `make cluster-build` builds: KEDA for the ScaledObject
 # path (e2e, SCALING=keda); bench-scaling adds prometheus-adapter.
 CLUSTER_WITH ?= keda
