@@ -74,6 +74,7 @@ func runTune(args []string) error {
 		maxRep     = fs.Int("max-replicas", 20, "manifests' maxReplicas")
 		scalerAddr = fs.String("scaler-address", "mlscale-scaler.mlscale.svc.cluster.local:6000", "the ScaledObject's mlscale scaler")
 		out        = fs.String("out", "", "results directory (default results/tune-<UTC time>)")
+		fromSteps  = fs.String("from-steps", "", "compute the knees, the choice and the manifests again from a recorded steps.csv (no load sent)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -104,7 +105,21 @@ func runTune(args []string) error {
 			return fmt.Errorf("--signal %q: want one of predicted_rows_per_second, requests_per_second, inflight_requests, cpu", *signalName)
 		}
 	}
-	if (*target == "") == (*modelBin == "") {
+	var recorded []tune.Step
+	if *fromSteps != "" {
+		f, err := os.Open(*fromSteps)
+		if err != nil {
+			return err
+		}
+		recorded, err = tune.ReadStepsCSV(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", *fromSteps, err)
+		}
+		if len(recorded) == 0 {
+			return fmt.Errorf("%s: no steps", *fromSteps)
+		}
+	} else if (*target == "") == (*modelBin == "") {
 		return errors.New("give exactly one of --url (a running pod) and --modelserver (start one on loopback)")
 	}
 	limit, err := resource.ParseQuantity(*cpuLimit)
@@ -132,7 +147,9 @@ func runTune(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	base := *target
-	if *modelBin != "" {
+	if recorded != nil {
+		base = "http://recorded"
+	} else if *modelBin != "" {
 		srv, err := tune.StartServer(ctx, *modelBin, []string{"--model=" + *modelPath, "--model-name=iris", "--drain-delay=0s"},
 			limit.MilliValue(), mem.Value(), os.Stderr)
 		if err != nil {
@@ -157,8 +174,12 @@ func runTune(args []string) error {
 		}
 		mURL = "http://" + host + "/metrics"
 	}
+	if recorded != nil {
+		url, mURL = "", ""
+	}
 	res, err := tune.Run(ctx, tune.Config{
-		URL: url, MetricsURL: mURL, Protocol: proto, Rows: request.NewRandom(*seed, 0, 4, 1, 4),
+		Recorded: recorded,
+		URL:      url, MetricsURL: mURL, Protocol: proto, Rows: request.NewRandom(*seed, 0, 4, 1, 4),
 		Mixes: mixes,
 		Ramp:  tune.RampConfig{Start: *start, Factor: *factor, MaxSteps: *maxSteps, StepDuration: *stepDur},
 		Knee:  tune.KneeOptions{SLO: *slo, Quantile: q}, Headroom: *headroom, Signal: *signalName,

@@ -37,6 +37,10 @@ type Config struct {
 	Signal string
 	Target Target
 	OutDir string
+	// Recorded, when set, replaces the ramps: the knees, the choice and the
+	// manifests are computed again from these steps (a steps.csv), e.g.
+	// for another SLO or headroom without measuring again.
+	Recorded []Step
 	// Log receives progress lines.
 	Log io.Writer
 }
@@ -53,7 +57,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
-	if len(cfg.Mixes) == 0 {
+	if len(cfg.Mixes) == 0 && len(cfg.Recorded) == 0 {
 		return nil, fmt.Errorf("no rows-per-request mix to measure")
 	}
 	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
@@ -62,6 +66,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res := &Result{}
 	var all []Step
 	var caps []Capacity
+	recorded := map[int][]Step{}
+	if cfg.Recorded != nil {
+		cfg.Mixes = nil
+		for _, st := range cfg.Recorded {
+			if _, ok := recorded[st.Rows]; !ok {
+				cfg.Mixes = append(cfg.Mixes, st.Rows)
+			}
+			recorded[st.Rows] = append(recorded[st.Rows], st)
+		}
+	}
 	for _, rows := range cfg.Mixes {
 		rc := cfg.Ramp
 		rc.URL, rc.MetricsURL, rc.Protocol, rc.Rows, rc.RowsPerRequest, rc.Knee = cfg.URL, cfg.MetricsURL, cfg.Protocol, cfg.Rows, rows, cfg.Knee
@@ -75,8 +89,18 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			fmt.Fprintf(cfg.Log, "  %2d. %7.1f req/s offered -> %7.1f answered, p50 %7s p99 %7s, server %s rows/s, CPU %s cores  %s\n",
 				i, s.Offered, s.Achieved, s.P50.Round(time.Millisecond/10), s.P99.Round(time.Millisecond/10), fmtValue(s.RowsPerSecond), fmtValue(s.CPUCores), verdict)
 		}
-		fmt.Fprintf(cfg.Log, "%d rows per request: ramping until p%g > %s\n", rows, cfg.Knee.withDefaults().Quantile*100, cfg.Knee.SLO)
-		steps, err := Ramp(ctx, rc)
+		var steps []Step
+		var err error
+		if cfg.Recorded != nil {
+			steps = recorded[rows]
+			fmt.Fprintf(cfg.Log, "%d rows per request: %d recorded steps, SLO p%g <= %s\n", rows, len(steps), cfg.Knee.withDefaults().Quantile*100, cfg.Knee.SLO)
+			for _, s := range steps {
+				rc.Progress(s, cfg.Knee.Broken(s))
+			}
+		} else {
+			fmt.Fprintf(cfg.Log, "%d rows per request: ramping until p%g > %s\n", rows, cfg.Knee.withDefaults().Quantile*100, cfg.Knee.SLO)
+			steps, err = Ramp(ctx, rc)
+		}
 		all = append(all, steps...)
 		if err != nil {
 			_ = writeSteps(cfg, all)
