@@ -46,7 +46,10 @@ demo-standalone: ## Build, serve the iris model on loopback, run the seed scenar
 cluster-build: ## Build the local cluster's pinned components (Kubernetes, etcd, metrics-server, CLUSTER_WITH: keda) into ~/.cache/mlscale or MLSCALE_CACHE (once).
 	@mkdir -p $(BIN)
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/localcluster ./cmd/localcluster
-	$(BIN)/localcluster build --with '$(CLUSTER_WITH)'
+	@# One build at a time per cache: two makes on one machine would compile the
+	@# same components twice into the same files.
+	@mkdir -p "$${MLSCALE_CACHE:-$$HOME/.cache/mlscale}"
+	flock "$${MLSCALE_CACHE:-$$HOME/.cache/mlscale}/.build.lock" $(BIN)/localcluster build --with '$(CLUSTER_WITH)'
 
 .PHONY: cluster-up
 cluster-up: build cluster-build ## Start the local cluster in the foreground (root; Ctrl-C stops it; gateway on 127.0.0.1:8080).
