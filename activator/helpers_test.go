@@ -33,7 +33,7 @@ type backend struct {
 	hits []string
 }
 
-func startBackend(t *testing.T, ip string) *backend {
+func startBackend(t testing.TB, ip string) *backend {
 	t.Helper()
 	l, err := net.Listen("tcp", ip+":0")
 	if err != nil {
@@ -58,7 +58,7 @@ func (b *backend) count() int {
 	return len(b.hits)
 }
 
-func hostPort(t *testing.T, addr string) (string, int32) {
+func hostPort(t testing.TB, addr string) (string, int32) {
 	t.Helper()
 	h, p, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -135,7 +135,7 @@ type harness struct {
 
 // newHarness runs an activator over a fake clientset holding objs, served
 // on loopback.
-func newHarness(t *testing.T, mutate func(*Config), objs ...runtime.Object) *harness {
+func newHarness(t testing.TB, mutate func(*Config), objs ...runtime.Object) *harness {
 	t.Helper()
 	cs := fake.NewClientset(objs...)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -245,5 +245,3 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 	})
 }
-
-

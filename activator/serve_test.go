@@ -89,4 +89,3 @@ func TestServeStreamsDemandAndDrains(t *testing.T) {
 		t.Fatal("Serve did not return after the drain")
 	}
 }
-

@@ -48,6 +48,7 @@ type service struct {
 	eps           atomic.Pointer[endpointSet]
 	inflight      atomic.Int64
 	arrivals      *arrivals
+	counters      sync.Map // response code -> prometheus.Counter
 
 	mu sync.Mutex
 	// ready is closed (and replaced) whenever the endpoints change.

@@ -68,7 +68,7 @@ type Snapshot struct {
 	// Time the snapshot was taken.
 	Time time.Time `json:"time"`
 	// WindowSeconds is the window ArrivalsPerSecond is averaged over.
-	WindowSeconds float64 `json:"windowSeconds"`
+	WindowSeconds float64  `json:"windowSeconds"`
 	Services      []Demand `json:"services"`
 }
 
