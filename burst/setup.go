@@ -24,12 +24,25 @@ import (
 	"github.com/mlscale/mlscale/collector"
 )
 
+// Option configures Setup.
+type Option func(*options)
+
+type options struct{ arrivals ServiceDemandReader }
+
+// WithArrivals reads requests_per_second demand from the activator's
+// per-Service arrivals too (EdgeDemand): the higher of the two counts.
+func WithArrivals(r ServiceDemandReader) Option { return func(o *options) { o.arrivals = r } }
+
 // Setup wires burst into a process that serves src (the adapter): it returns
 // the source to serve instead (src with the bursts' floors) and a start
 // function that runs the controller until ctx ends. It registers the HPA
 // and pod informers on inf, so call it before inf.Start. The controller reads
 // the raw src, never its own floors.
-func Setup(cfg Config, restCfg *rest.Config, inf informers.SharedInformerFactory, src Source, resolver collector.SelectorResolver, reg prometheus.Registerer) (Source, func(context.Context), error) {
+func Setup(cfg Config, restCfg *rest.Config, inf informers.SharedInformerFactory, src Source, resolver collector.SelectorResolver, reg prometheus.Registerer, opts ...Option) (Source, func(context.Context), error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("burst: building the Kubernetes client: %w", err)
@@ -47,13 +60,17 @@ func Setup(cfg Config, restCfg *rest.Config, inf informers.SharedInformerFactory
 	broadcaster := record.NewBroadcaster()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "mlscale-burst"})
 	floors := NewFloors()
+	var demand Demand = CollectorDemand{Source: src}
+	if o.arrivals != nil {
+		demand = EdgeDemand{Pods: demand, Arrivals: o.arrivals, Services: inf.Core().V1().Services().Lister()}
+	}
 	c, err := New(cfg, Deps{
 		HPAs:       inf.Autoscaling().V2().HorizontalPodAutoscalers().Lister(),
 		Pods:       inf.Core().V1().Pods().Lister(),
 		Scales:     scales,
 		Mapper:     mapper,
 		Resolver:   resolver,
-		Demand:     CollectorDemand{Source: src},
+		Demand:     demand,
 		Floors:     floors,
 		Recorder:   recorder,
 		Registerer: reg,

@@ -1,0 +1,104 @@
+package burst
+
+import (
+	"context"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	corelisters "k8s.io/client-go/listers/core/v1"
+
+	"github.com/mlscale/mlscale/activator/api"
+)
+
+// ServiceDemandReader is the activator's per-Service demand summed over its
+// replicas (activator/api.Watcher; adapter.DemandReader).
+type ServiceDemandReader interface {
+	Demand(namespace, service string) (api.Demand, bool)
+}
+
+// arrivalsFor maps a pod metric to the activator's measure of the same
+// demand at the edge: requests arriving per second, held and refused ones
+// included, which exist before the pods catch up and do not saturate with
+// them.
+var arrivalsFor = map[string]func(api.Demand) float64{
+	"requests_per_second": func(d api.Demand) float64 { return d.ArrivalsPerSecond },
+}
+
+// EdgeDemand reads demand from the edge where it can: for a metric in
+// arrivalsFor over a workload's pods, the higher of the pods' own value
+// (Pods) and the arrivals the activator counts for the Service that selects
+// those pods. Everything else, and any workload the activator does not front,
+// is Pods' answer. So a step shows at once in the arrivals, and a saturated
+// pod that answers 6 of 24 requests a second still reads as 24.
+type EdgeDemand struct {
+	Pods     Demand
+	Arrivals ServiceDemandReader
+	Services corelisters.ServiceLister
+	// Now is the clock (tests); time.Now when nil.
+	Now func() time.Time
+}
+
+// Demand implements Demand.
+func (e EdgeDemand) Demand(ctx context.Context, q Query) (Reading, error) {
+	pods, err := e.Pods.Demand(ctx, q)
+	f, ok := arrivalsFor[q.Metric]
+	if !ok || e.Arrivals == nil || e.Services == nil || q.Selector == nil || q.Selector.Empty() {
+		return pods, err
+	}
+	svcs, lerr := e.Services.Services(q.Namespace).List(labels.Everything())
+	if lerr != nil {
+		return pods, err
+	}
+	now := time.Now
+	if e.Now != nil {
+		now = e.Now
+	}
+	best, found := 0.0, false
+	for _, s := range svcs {
+		if len(s.Spec.Selector) == 0 || !covers(labels.SelectorFromSet(s.Spec.Selector), q.Selector) {
+			continue
+		}
+		d, ok := e.Arrivals.Demand(s.Namespace, s.Name)
+		if !ok {
+			continue
+		}
+		if v := f(d); !found || v > best {
+			best, found = v, true
+		}
+	}
+	if !found {
+		return pods, err
+	}
+	// The watcher keeps only snapshots younger than api.StaleAfter and
+	// streams one at least every api.Heartbeat: the value is at most that
+	// old.
+	edge := Reading{Value: best, At: now().Add(-api.Heartbeat)}
+	if err != nil || edge.Value > pods.Value {
+		return edge, nil
+	}
+	return pods, nil
+}
+
+// covers: every requirement of the Service's selector is one of the
+// workload's, so the Service selects at least the workload's pods (a
+// Service that narrows them with one more label does not count).
+func covers(svc, workload labels.Selector) bool {
+	a, _ := svc.Requirements()
+	b, _ := workload.Requirements()
+	if len(a) == 0 {
+		return false
+	}
+	for _, ra := range a {
+		match := false
+		for _, rb := range b {
+			if ra.Equal(rb) {
+				match = true
+				break
+			}
+		}
+		if !match {
+			return false
+		}
+	}
+	return true
+}
