@@ -3,9 +3,13 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"math"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -30,8 +34,8 @@ func rowsBody(n int) []byte {
 	return b
 }
 
-// closedLoop runs n clients sending body back to back until ctx ends.
-func closedLoop(ctx context.Context, n int, path string, body []byte) (wait func() (sent, failed int64, firstErr string)) {
+// closedLoop runs n clients sending body to url back to back until ctx ends.
+func closedLoop(ctx context.Context, n int, url string, body []byte) (wait func() (sent, failed int64, firstErr string)) {
 	var s, f atomic.Int64
 	var first atomic.Value
 	var wg sync.WaitGroup
@@ -40,7 +44,7 @@ func closedLoop(ctx context.Context, n int, path string, body []byte) (wait func
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				_, err := post(ctx, path, body)
+				err := postURL(ctx, url, body)
 				if ctx.Err() != nil {
 					return
 				}
@@ -59,6 +63,25 @@ func closedLoop(ctx context.Context, n int, path string, body []byte) (wait func
 	}
 }
 
+// postURL sends a JSON body to url and fails on any status but 200.
+func postURL(ctx context.Context, url string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %.200s", resp.Status, data)
+	}
+	return nil
+}
+
 // TestCPULimitEnforced: a model server limited to 250m, saturated by four
 // clients of 2,000-row requests on a two-core machine, uses a quarter of a
 // core, by metrics-server (metrics.k8s.io, from the node agent's cgroup
@@ -75,9 +98,11 @@ func TestCPULimitEnforced(t *testing.T) {
 	t.Cleanup(func() {
 		_ = env.client.CoreV1().Namespaces().Delete(context.Background(), "e2e-cpulimit", metav1.DeleteOptions{})
 	})
-	const ns, sel, path = "e2e-cpulimit", "app=iris", "/seldon/e2e-cpulimit/iris/api/v1.0/predictions"
+	const ns, sel = "e2e-cpulimit", "app=iris"
 	pods := waitReady(t, ctx, ns, sel, 1, 90*time.Second)
-	waitEndpoints(t, ctx, ns, "iris", 1)
+	// Straight to the pod's address: the subject is the pod's limit, not
+	// the request path.
+	url := "http://" + pods[0].Status.PodIP + ":9000/api/v1.0/predictions"
 	pid, err := strconv.Atoi(strings.TrimPrefix(pods[0].Status.ContainerStatuses[0].ContainerID, "mlscale://"))
 	if err != nil {
 		t.Fatalf("container ID %q: %v", pods[0].Status.ContainerStatuses[0].ContainerID, err)
@@ -96,7 +121,7 @@ func TestCPULimitEnforced(t *testing.T) {
 
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
-	wait := closedLoop(loadCtx, 4, path, rowsBody(2000))
+	wait := closedLoop(loadCtx, 4, url, rowsBody(2000))
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", env.kubeconfig)
 	if err != nil {
