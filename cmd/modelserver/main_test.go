@@ -204,3 +204,23 @@ func TestBadStart(t *testing.T) {
 		})
 	}
 }
+
+// TestGRPCAddr: --grpc-listen defaults to --listen's host on Seldon's gRPC
+// port, so a server bound to one address (a pod IP in the local cluster,
+// loopback in tests) binds gRPC there too.
+func TestGRPCAddr(t *testing.T) {
+	tests := []struct{ flag, listen, want, err string }{
+		{"", ":9000", ":5000", ""},
+		{"", "198.18.0.7:9000", "198.18.0.7:5000", ""},
+		{"", "127.0.0.1:0", "127.0.0.1:0", ""},
+		{"", "[::1]:9000", "[::1]:5000", ""},
+		{"127.0.0.1:7000", ":9000", "127.0.0.1:7000", ""},
+		{"", "9000", "", `--listen "9000"`},
+	}
+	for _, tc := range tests {
+		got, err := grpcAddr(tc.flag, tc.listen)
+		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("grpcAddr(%q, %q) = %q, %v; want %q, error saying %q", tc.flag, tc.listen, got, err, tc.want, tc.err)
+		}
+	}
+}
