@@ -132,6 +132,9 @@ func WritePNG(w io.Writer, d Data, width, height int) error {
 			win = 5
 		}
 		if p99 := WindowP99(d.Requests, win); len(p99) > 0 {
+			// Hold the last window's value to its end.
+			last := p99[len(p99)-1]
+			p99 = append(p99, plotter.XY{X: math.Min(last.X+win, xmax), Y: last.Y})
 			l, err := plotter.NewLine(p99)
 			if err != nil {
 				return fmt.Errorf("plotting p99: %w", err)
