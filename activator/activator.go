@@ -73,6 +73,9 @@ type Config struct {
 	Logger     *slog.Logger
 	// Scaler wakes workloads; nil never wakes.
 	Scaler Scaler
+	// NetHTTPTransport forwards HTTP/1.1 with net/http's Transport instead
+	// of the activator's own pooled, same-goroutine one (h1Transport).
+	NetHTTPTransport bool
 }
 
 // Defaults.
@@ -161,6 +164,11 @@ func New(factory informers.SharedInformerFactory, cfg Config) (*Activator, error
 		// The body passes through as the pod sent it.
 		DisableCompression: true,
 	}
+	var pooled *h1Transport
+	if !cfg.NetHTTPTransport {
+		pooled = newH1Transport(dialer.DialContext, a.h1, 256)
+		a.h1 = pooled
+	}
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	a.h2 = &http.Transport{DialContext: dialer.DialContext, Protocols: &h2c, IdleConnTimeout: 60 * time.Second, DisableCompression: true}
@@ -180,6 +188,9 @@ func New(factory informers.SharedInformerFactory, cfg Config) (*Activator, error
 	t, err := newTable(factory, cfg.Fixed, cfg.Hold, cfg.DemandWindow, cfg.Logger, a.notifyChange)
 	if err != nil {
 		return nil, err
+	}
+	if pooled != nil {
+		t.onGone = pooled.closeAddr
 	}
 	a.table = t
 	return a, nil
@@ -364,7 +375,7 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		if ep == nil {
 			break
 		}
-		tried = append(tried, ep)
+
 		out := *req
 		u := *req.URL
 		u.Host = ep.addr
@@ -382,6 +393,11 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		ep.inflight.Add(-1)
 		lastErr = err
 		reason := undelivered(err)
+		if reason != "closed-idle-connection" {
+			// A stale pooled connection says nothing about its
+			// endpoint: only other failures rule it out for the retry.
+			tried = append(tried, ep)
+		}
 		if reason == "" || f.body == nil || attempt == a.cfg.Retries {
 			break
 		}

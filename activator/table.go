@@ -71,7 +71,8 @@ type table struct {
 	def      HoldPolicy
 	window   time.Duration
 	log      *slog.Logger
-	onChange func() // a service's endpoints or held count changed
+	onChange func()            // a service's endpoints or held count changed
+	onGone   func(addr string) // an endpoint left every set
 
 	mu       sync.RWMutex
 	services map[string]*service
@@ -257,15 +258,22 @@ func (t *table) refresh(st *service) {
 			}
 		}
 	}
+	var gone []string
 	for addr := range st.byAddr {
 		if !seen[addr] {
 			delete(st.byAddr, addr)
+			gone = append(gone, addr)
 		}
 	}
 	st.eps.Store(set)
 	close(st.ready)
 	st.ready = make(chan struct{})
 	st.mu.Unlock()
+	if t.onGone != nil {
+		for _, addr := range gone {
+			t.onGone(addr)
+		}
+	}
 	t.onChange()
 }
 
