@@ -18,7 +18,7 @@
 #   closed    the seed's own closed loop (scenarios/seed.yaml: 4 clients,
 #             500 -> 10,000 -> 500 rows) on one fixed replica, then with the
 #             tuned HPA: OUT/closed.md, throughput and latency per task
-# SLO (default 500ms, marked on the charts), SCALE (default 1; closed: 0.1),
+# SLO (default 500ms, marked on the charts), SCALE (default 1; closed: 0.3),
 # SCENARIO (default scenarios/seed-cluster.yaml), OUT (results directory),
 # OVERLAY (overrides SCALING's overlay), BIN (default bin), STATE (cluster
 # state directory). Extra arguments go to loadgen.
@@ -34,7 +34,7 @@ case "$SCALING" in
   requests) default_overlay=manifests/overlays/local ;;
   cpu) default_overlay=manifests/overlays/local-cpu ;;
   keda) default_overlay=manifests/overlays/local-keda ;;
-  closed) default_overlay=manifests/overlays/local-tuned; SCENARIO=scenarios/seed.yaml; SCALE=${SCALE:-0.1} ;;
+  closed) default_overlay=manifests/overlays/local-tuned; SCENARIO=scenarios/seed.yaml; SCALE=${SCALE:-0.3} ;;
   *) echo "SCALING=$SCALING: want tuned, requests, cpu, keda, compare or closed" >&2; exit 2 ;;
 esac
 SCALE=${SCALE:-1}
