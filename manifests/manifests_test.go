@@ -37,7 +37,7 @@ var servedMetrics = contract.Metrics().ServedNames()
 
 func TestEveryOverlayRenders(t *testing.T) {
 	all := renderAll(t)
-	want := []string{"eks", "istio", "keda", "keda-seldon", "local", "local-cpu", "local-keda", "local-tuned", "prometheus", "seldon", "seldon-cpu"}
+	want := []string{"eks", "istio", "keda", "keda-combined", "keda-seldon", "local", "local-cpu", "local-keda", "local-tuned", "prometheus", "seldon", "seldon-cpu"}
 	var got []string
 	for n := range all {
 		got = append(got, n)
@@ -456,6 +456,9 @@ func TestScalingRules(t *testing.T) {
 		"keda":        {"ScaledObject model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] external:requests_per_second external-push:requests_per_second"},
 		"keda-seldon": {"ScaledObject model/iris-model-autoscale -> SeldonDeployment iris-model-autoscale [0,20] external-push:requests_per_second"},
 	}
+	// keda-combined is keda with the scaler served by the adapter: the same
+	// ScaledObject.
+	want["keda-combined"] = want["keda"]
 	for name, objs := range renderAll(t) {
 		t.Run(name, func(t *testing.T) {
 			var got []string
