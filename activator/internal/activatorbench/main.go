@@ -64,6 +64,7 @@ func main() {
 func serveActivator(args []string) error {
 	fs := flag.NewFlagSet("serve-activator", flag.ContinueOnError)
 	addr := fs.String("endpoint", "", "the model server's HOST:PORT, published at start (empty: none, the model is at zero)")
+	netHTTP := fs.Bool("net-http", false, "forward with net/http's Transport instead of the activator's pooled one")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -90,6 +91,7 @@ func serveActivator(args []string) error {
 	}
 	cfg := activator.NewConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.NetHTTPTransport = *netHTTP
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	a, err := activator.New(factory, cfg)
 	if err != nil {
@@ -258,30 +260,39 @@ func run() error {
 		return err
 	}
 	defer act.stop()
+	actNet, err := start(self, []string{"serve-activator", "--net-http", "--endpoint", server.addrs["listening"]}, "listening", "control")
+	if err != nil {
+		return err
+	}
+	defer actNet.stop()
 	direct := "http://" + server.addrs["listening"] + "/api/v1.0/predictions"
 	via := "http://" + act.addrs["listening"] + "/seldon/bench/model/api/v1.0/predictions"
+	viaNet := "http://" + actNet.addrs["listening"] + "/seldon/bench/model/api/v1.0/predictions"
 
 	var md strings.Builder
-	fmt.Fprintf(&md, "# bench-activator: %s\n\nLoopback, one run: the modelserver binary directly vs through the activator (its own process, least-outstanding balancing, retries on), Seldon REST, closed-loop connections, %d interleaved rounds of %s per path (median). Machine: %d CPUs shared with other work, so compare within a row.\n\n",
+	fmt.Fprintf(&md, "# bench-activator: %s\n\nLoopback, one run: the modelserver binary directly vs through the activator (its own process, least-outstanding balancing, retries on, its pooled HTTP/1.1 transport; last column: the same with net/http's Transport), Seldon REST, closed-loop connections, %d interleaved rounds of %s per path (median). Machine: %d CPUs shared with other work, so compare within a row.\n\n",
 		time.Now().UTC().Format(time.RFC3339), *rounds, *duration, numCPU())
-	md.WriteString("| rows | connections | direct req/s | via activator req/s | throughput ratio | direct p50 | via p50 | added p50 | direct p99 | via p99 | added p99 | failed |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	md.WriteString("| rows | connections | direct req/s | via activator req/s | throughput ratio | direct p50 | via p50 | added p50 | direct p99 | via p99 | added p99 | failed | with net/http's Transport: ratio, added p50 |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, rows := range []int{1, 10000} {
 		body := rowsBody(rows)
 		for _, conns := range []int{4, 64} {
 			load(direct, body, conns, time.Second) // warm both paths
 			load(via, body, conns, time.Second)
-			var d, v []measurement
+			load(viaNet, body, conns, time.Second)
+			var d, v, vn []measurement
 			for range *rounds {
 				d = append(d, load(direct, body, conns, *duration))
 				v = append(v, load(via, body, conns, *duration))
+				vn = append(vn, load(viaNet, body, conns, *duration))
 			}
-			dm, vm := median(d), median(v)
-			fmt.Fprintf(&md, "| %d | %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %d |\n", rows, conns, dm.rps, vm.rps, vm.rps/dm.rps,
-				us(dm.p50), us(vm.p50), us(vm.p50-dm.p50), us(dm.p99), us(vm.p99), us(vm.p99-dm.p99), dm.failures+vm.failures)
+			dm, vm, nm := median(d), median(v), median(vn)
+			fmt.Fprintf(&md, "| %d | %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %d | %.2f, %s |\n", rows, conns, dm.rps, vm.rps, vm.rps/dm.rps,
+				us(dm.p50), us(vm.p50), us(vm.p50-dm.p50), us(dm.p99), us(vm.p99), us(vm.p99-dm.p99), dm.failures+vm.failures+nm.failures, nm.rps/dm.rps, us(nm.p50-dm.p50))
 			fmt.Fprintf(os.Stderr, "rows %d conns %d: direct %.0f/s p50 %s, via %.0f/s p50 %s\n", rows, conns, dm.rps, us(dm.p50), vm.rps, us(vm.p50))
 		}
 	}
 	act.stop()
+	actNet.stop()
 	server.stop()
 
 	md.WriteString("\n## First request at zero\n\nA request is held by an activator with no endpoint; then the model server starts, its `/ready` is polled every 10 ms (a kubelet probe, but faster than any pod's `periodSeconds`), and its endpoint is published to the activator's informer the moment it answers 200. Answer time minus that ready time is what the activator adds to a cold start on its own: in a cluster the EndpointSlice controller's and the informer's delays and the probe period come on top.\n\n| trial | held for | answer after ready |\n|---:|---:|---:|\n")
