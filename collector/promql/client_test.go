@@ -472,3 +472,22 @@ func TestClientConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// FuzzAuthConfig feeds arbitrary YAML to the --prometheus-auth-config
+// parser: an error or a configuration, never a panic.
+func FuzzAuthConfig(f *testing.F) {
+	f.Add([]byte("authorization:\n  type: Bearer\n  credentials_file: /t\n"))
+	f.Add([]byte("sigv4:\n  region: us-east-1\n  role_arn: arn:aws:iam::1:role/r\nurl: https://aps-workspaces.us-east-1.amazonaws.com/workspaces/ws\n"))
+	f.Add([]byte("basic_auth: {username: u, password_file: /p}\ntls_config: {ca_file: /ca, cert_file: /c, key_file: /k}\n"))
+	f.Add([]byte("sigv4: [1, 2]\n"))
+	f.Add([]byte("url: {a: b}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, h, s, err := parseAuthConfig(data)
+		if err != nil {
+			return
+		}
+		c := ClientConfig{URL: "http://127.0.0.1:9090", HTTP: h, SigV4: s}
+		_ = c.Validate()
+		_ = c.Auth()
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/mlscale/mlscale/modelserver/xgboost"
@@ -34,6 +35,15 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add([]byte("{}"))
 	f.Add([]byte("\x80\x04."))
+	// The 2.x/3.x forms: a version, base_score vectors, vector leaves.
+	tiny := string(readTestdata(f, "tiny.json"))
+	for _, r := range []*strings.Replacer{
+		strings.NewReplacer(`"base_score":"5E-1"`, `"base_score":"[5E-1,2E-1]"`, `"learner":`, `"version":[3,1,0],"learner":`),
+		strings.NewReplacer(`"base_score":"5E-1"`, `"base_score":"[5E-1]"`, `"size_leaf_vector":"0"`, `"size_leaf_vector":"2"`),
+		strings.NewReplacer(`"learner":`, `"version":[4,0,0],"learner":`),
+	} {
+		f.Add([]byte(r.Replace(tiny)))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := xgboost.Decode(data)
 		if err != nil {
