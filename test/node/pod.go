@@ -40,6 +40,9 @@ type containerRun struct {
 	binary       string
 	// gen counts starts, so late events from an old process are ignored.
 	gen int
+	// backoff is the delay before the last restart (0 before any), kept
+	// per container as the kubelet keeps it (nextBackoff).
+	backoff time.Duration
 }
 
 type containerEvent struct {
@@ -278,17 +281,8 @@ func (r *podRunner) exited(ctx context.Context, c *containerRun, waitErr error) 
 	if policy == corev1.RestartPolicyNever || (policy == corev1.RestartPolicyOnFailure && code == 0) || r.pod.DeletionTimestamp != nil || r.stopping {
 		return
 	}
-	backoff := r.a.cfg.RestartBackoff
-	for i := int32(0); i < c.restartCount && backoff < 5*time.Minute; i++ {
-		backoff *= 2
-	}
-	if backoff > 5*time.Minute {
-		backoff = 5 * time.Minute
-	}
-	// A container that ran for 10 minutes starts the back-off afresh.
-	if time.Since(c.startedAt) > 10*time.Minute {
-		backoff = r.a.cfg.RestartBackoff
-	}
+	backoff := nextBackoff(c.backoff, r.a.cfg.RestartBackoff, time.Since(c.startedAt))
+	c.backoff = backoff
 	c.waiting = &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff",
 		Message: fmt.Sprintf("back-off %s restarting failed container %s", backoff, c.spec.Name)}
 	if c.restartCount == 0 && code == 0 {
