@@ -186,7 +186,13 @@ func runBenchConfig(t *testing.T, ctx context.Context, c benchConfig, body []byt
 		// KEDA's operator must be up before its ScaledObject can be:
 		// say so (with its container state) instead of timing out on the
 		// ScaledObject.
-		waitReady(t, ctx, "keda", "app=keda-operator", 1, 3*time.Minute)
+		for _, p := range waitReady(t, ctx, "keda", "app=keda-operator", 1, 3*time.Minute) {
+			for _, cs := range p.Status.ContainerStatuses {
+				if lt := cs.LastTerminationState.Terminated; lt != nil {
+					t.Logf("KEDA operator %s: %d restarts so far, the last exit code %d at %s", p.Name, cs.RestartCount, lt.ExitCode, lt.FinishedAt.Format(time.RFC3339))
+				}
+			}
+		}
 		ensureKEDAMetricsAPI(t, ctx, dynamicClient(t))
 		waitScaledObjectTrue(t, ctx, dynamicClient(t), "Ready", 2*time.Minute)
 		waitReplicas(t, ctx, func(r int32) bool { return r == 0 }, 3*time.Minute)
