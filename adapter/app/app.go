@@ -211,17 +211,22 @@ func (a *Adapter) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	startBurst := func(context.Context) {}
-	if a.Burst {
-		if src, startBurst, err = burst.Setup(a.BurstCfg, restCfg, inf, src, resolver, reg); err != nil {
-			return err
-		}
-	}
-	prov := adapter.NewProvider(src, resolver, reg)
 	demand, demandNS, demandName, err := a.MakeDemand()
 	if err != nil {
 		return err
 	}
+	startBurst := func(context.Context) {}
+	if a.Burst {
+		var opts []burst.Option
+		if demand != nil {
+			// The activator's arrivals are demand before the pods catch up.
+			opts = append(opts, burst.WithArrivals(demand))
+		}
+		if src, startBurst, err = burst.Setup(a.BurstCfg, restCfg, inf, src, resolver, reg, opts...); err != nil {
+			return err
+		}
+	}
+	prov := adapter.NewProvider(src, resolver, reg)
 	if demand != nil {
 		prov.WithDemand(demand)
 	}
