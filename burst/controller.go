@@ -114,9 +114,10 @@ type Controller struct {
 	scaleUps *prometheus.CounterVec
 	skipped  *prometheus.CounterVec
 
-	mu     sync.Mutex
-	state  map[string]State
-	badAnn map[string]string // HPA -> annotation value already reported
+	mu      sync.Mutex
+	state   map[string]State
+	badAnn  map[string]string // HPA -> annotation value already reported
+	lastErr map[string]string // HPA -> the last evaluation error reported
 }
 
 // New builds a Controller.
@@ -142,8 +143,9 @@ func New(cfg Config, d Deps) (*Controller, error) {
 			Name: "mlscale_burst_skipped_total",
 			Help: "Evaluations of opted-in HPAs that could not decide, by reason (stale: no fresh demand; error: reading the HPA's target failed).",
 		}, []string{"reason"}),
-		state:  map[string]State{},
-		badAnn: map[string]string{},
+		state:   map[string]State{},
+		badAnn:  map[string]string{},
+		lastErr: map[string]string{},
 	}, nil
 }
 
@@ -183,6 +185,7 @@ func (c *Controller) EvaluateAll(ctx context.Context) {
 	for k := range c.state {
 		if !seen[k] {
 			delete(c.state, k)
+			delete(c.lastErr, k)
 		}
 	}
 	c.mu.Unlock()
@@ -328,6 +331,7 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 		c.mu.Unlock()
 	}()
 	if !d.Burst(in) {
+		c.clearErr(key)
 		if d.Stale {
 			c.skipped.WithLabelValues("stale").Inc()
 		}
@@ -343,6 +347,7 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 		c.fail(h, "error", fmt.Errorf("scaling %s %s from %d to %d: %w", gr, ref.Name, from, d.Desired, err))
 		return
 	}
+	c.clearErr(key)
 	st = st.Scaled(in.Now, from, d.Desired)
 	until := in.Now.Add(c.cfg.HPASyncPeriod + c.cfg.FloorMargin)
 	for i, t := range ts {
@@ -353,8 +358,25 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 	klog.InfoS("Burst", "hpa", klog.KObj(h), "target", klog.KRef(h.Namespace, ref.Name), "from", from, "to", d.Desired, "why", d.Reason)
 }
 
+func (c *Controller) clearErr(key string) {
+	c.mu.Lock()
+	delete(c.lastErr, key)
+	c.mu.Unlock()
+}
+
+// fail counts a failed evaluation; the log line and the Warning Event come
+// once per distinct error per HPA, not every Interval.
 func (c *Controller) fail(h *autoscalingv2.HorizontalPodAutoscaler, reason string, err error) {
 	c.skipped.WithLabelValues(reason).Inc()
+	key := h.Namespace + "/" + h.Name
+	c.mu.Lock()
+	repeated := c.lastErr[key] == err.Error()
+	c.lastErr[key] = err.Error()
+	c.mu.Unlock()
+	if repeated {
+		klog.V(4).InfoS("Burst evaluation failed again", "hpa", klog.KObj(h), "err", err)
+		return
+	}
 	klog.ErrorS(err, "Burst evaluation failed", "hpa", klog.KObj(h))
 	c.d.Recorder.Event(h, corev1.EventTypeWarning, ReasonBurstFailed, err.Error())
 }

@@ -363,3 +363,23 @@ func TestControllerConflict(t *testing.T) {
 		t.Fatalf("events %q, want a burst from 3 to 6", ev)
 	}
 }
+
+// TestControllerRepeatedFailure: a failure that persists (here the /scale of
+// a workload that does not exist) is one Warning Event, not one every
+// Interval; it is counted every time.
+func TestControllerRepeatedFailure(t *testing.T) {
+	h := burstHPA("iris", "apps/v1", "Deployment", "")
+	h.Spec.ScaleTargetRef.Name = "gone"
+	f := newFixture(t, h)
+	f.demand.set("requests_per_second", Reading{Value: 24, At: f.now})
+	for range 5 {
+		f.tick(500 * time.Millisecond)
+	}
+	ev := f.events()
+	if len(ev) != 1 || !strings.HasPrefix(ev[0], "Warning BurstFailed reading /scale of deployments.apps gone") {
+		t.Fatalf("events %q, want one BurstFailed", ev)
+	}
+	if v := testutil.ToFloat64(f.c.skipped.WithLabelValues("error")); v != 5 {
+		t.Fatalf("mlscale_burst_skipped_total{reason=\"error\"} = %v, want 5", v)
+	}
+}
