@@ -1,12 +1,23 @@
 package crds
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apivalidation "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/validation"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
 
 	"github.com/mlscale/mlscale/internal/crdschema"
 )
@@ -153,4 +164,55 @@ func load(ctx context.Context, t *testing.T) (crdschema.Set, error) {
 		return nil, err
 	}
 	return crdschema.LoadDir(dir)
+}
+
+// TestCRDsAreInstallable runs kube-apiserver's own CRD validation
+// (structural schema, names, versions) on every CRD written, as creating it
+// would: the hand-written Seldon schema must be one the API server accepts,
+// not only one crdschema can use.
+func TestCRDsAreInstallable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	files, err := Write(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+		for {
+			doc, err := r.Read()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			var v1 apiextensionsv1.CustomResourceDefinition
+			if err := yaml.Unmarshal(doc, &v1); err != nil || v1.Kind != "CustomResourceDefinition" {
+				continue
+			}
+			var crd apiextensions.CustomResourceDefinition
+			if err := apiextensionsv1.Convert_v1_CustomResourceDefinition_To_apiextensions_CustomResourceDefinition(&v1, &crd, nil); err != nil {
+				t.Fatalf("%s %s: %v", filepath.Base(f), v1.Name, err)
+			}
+			// What the API server's create strategy sets before validating.
+			for _, v := range crd.Spec.Versions {
+				if v.Storage {
+					crd.Status.StoredVersions = []string{v.Name}
+				}
+			}
+			if errs := apivalidation.ValidateCustomResourceDefinition(ctx, &crd); len(errs) > 0 {
+				t.Errorf("%s %s: the API server would refuse it: %v", filepath.Base(f), v1.Name, errs.ToAggregate())
+			}
+			n++
+		}
+	}
+	if n < 8 {
+		t.Errorf("validated %d CRDs, want at least 8", n)
+	}
 }
