@@ -98,11 +98,11 @@ func TestHelmInstall(t *testing.T) {
 	load.run(loadCtx, onePrediction("/seldon/model/iris-model-autoscale/api/v1.0/predictions"))
 
 	const raw = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/model/pods/*/requests_per_second"
-	got := waitMetricNear(t, ctx, raw, 8, 2*time.Minute)
+	got := waitMetricNear(t, ctx, raw, "", 8, 2*time.Minute)
 	t.Logf("through the aggregator to the chart's adapter: %.2f requests/s for an 8/s load", got)
 	if !withKEDA {
-		ext := "/apis/external.metrics.k8s.io/v1beta1/namespaces/model/requests_per_second?labelSelector=app.kubernetes.io%2Finstance%3Diris-model-autoscale"
-		got := waitMetricNear(t, ctx, ext, 8, time.Minute)
+		ext := "/apis/external.metrics.k8s.io/v1beta1/namespaces/model/requests_per_second"
+		got := waitMetricNear(t, ctx, ext, modelSelector, 8, time.Minute)
 		t.Logf("external.metrics.k8s.io: %.2f", got)
 	}
 	// The real HPA controller reads it (the chart's RBAC for kube-system/horizontal-pod-autoscaler).
@@ -127,7 +127,7 @@ func TestHelmInstall(t *testing.T) {
 		}
 	}
 	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=adapter,app.kubernetes.io/instance=mlscale", 1, 2*time.Minute)
-	got = waitMetricNear(t, ctx, raw, 8, 2*time.Minute)
+	got = waitMetricNear(t, ctx, raw, "", 8, 2*time.Minute)
 	t.Logf("after helm upgrade: %.2f requests/s", got)
 
 	stopLoad()
@@ -165,14 +165,19 @@ func deployModelOnly(t *testing.T, ctx context.Context) {
 	})
 }
 
-// waitMetricNear reads a custom or external metrics list at path until the
-// sum of its values is within 10% of want, and returns the last sum.
-func waitMetricNear(t *testing.T, ctx context.Context, path string, want float64, timeout time.Duration) float64 {
+// waitMetricNear reads a custom or external metrics list at path (with a
+// labelSelector, if not empty) until the sum of its values is within 10% of
+// want, and returns the last sum.
+func waitMetricNear(t *testing.T, ctx context.Context, path, selector string, want float64, timeout time.Duration) float64 {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	sum, lastErr := -1.0, error(nil)
 	for time.Now().Before(deadline) {
-		data, err := env.client.CoreV1().RESTClient().Get().AbsPath(path).DoRaw(ctx)
+		req := env.client.CoreV1().RESTClient().Get().AbsPath(path)
+		if selector != "" {
+			req = req.Param("labelSelector", selector)
+		}
+		data, err := req.DoRaw(ctx)
 		lastErr = err
 		if err == nil {
 			var list struct {
