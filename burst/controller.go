@@ -218,10 +218,11 @@ func (c *Controller) targets(ctx context.Context, h *autoscalingv2.HorizontalPod
 				continue
 			}
 			t, ok := valueTarget(m.Object.Target)
-			if !ok {
+			if !ok || c.d.Resolver == nil {
 				continue
 			}
-			sel, err := c.d.Resolver.SelectorFor(ctx, m.Object.DescribedObject.Kind, h.Namespace, m.Object.DescribedObject.Name)
+			obj := m.Object.DescribedObject
+			sel, err := c.d.Resolver.SelectorFor(ctx, obj.Kind, h.Namespace, obj.Name)
 			if errors.Is(err, collector.ErrUnsupportedKind) {
 				continue
 			}
@@ -229,7 +230,11 @@ func (c *Controller) targets(ctx context.Context, h *autoscalingv2.HorizontalPod
 				return nil, err
 			}
 			t.Metric = m.Object.Metric.Name
-			out = append(out, target{t, Query{Namespace: h.Namespace, Metric: t.Metric, Selector: sel}})
+			q := Query{Namespace: h.Namespace, Metric: t.Metric, Selector: sel}
+			if k, _ := collector.NormalizeKind(obj.Kind); k == collector.KindService {
+				q.Service = obj.Name
+			}
+			out = append(out, target{t, q})
 		case autoscalingv2.ExternalMetricSourceType:
 			if m.External == nil {
 				continue

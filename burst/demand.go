@@ -14,6 +14,9 @@ import (
 type Query struct {
 	Namespace, Metric string
 	Selector          labels.Selector
+	// Service is the Service an Object metric describes, when it is one
+	// (the activator's demand metrics are served on Services).
+	Service string
 }
 
 // Demand reads current demand. The collector's aggregate over the pods is one

@@ -2,12 +2,15 @@ package burst
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 
 	"github.com/mlscale/mlscale/activator/api"
+	"github.com/mlscale/mlscale/adapter"
+	"github.com/mlscale/mlscale/collector"
 )
 
 // ServiceDemandReader is the activator's per-Service demand summed over its
@@ -40,6 +43,20 @@ type EdgeDemand struct {
 
 // Demand implements Demand.
 func (e EdgeDemand) Demand(ctx context.Context, q Query) (Reading, error) {
+	now := time.Now
+	if e.Now != nil {
+		now = e.Now
+	}
+	// The activator's own metrics on a Service (an HPA on
+	// activator_arrivals_per_second, say) are what the adapter serves from
+	// the same watcher: read them there, not from the pods.
+	if f, ok := adapter.DemandMetrics[q.Metric]; ok && q.Service != "" && e.Arrivals != nil {
+		d, ok := e.Arrivals.Demand(q.Namespace, q.Service)
+		if !ok {
+			return Reading{}, fmt.Errorf("%s on service %s/%s: %w: no activator replica reports it", q.Metric, q.Namespace, q.Service, collector.ErrNoData)
+		}
+		return Reading{Value: f(d), At: now().Add(-api.Heartbeat)}, nil
+	}
 	pods, err := e.Pods.Demand(ctx, q)
 	f, ok := arrivalsFor[q.Metric]
 	if !ok || e.Arrivals == nil || e.Services == nil || q.Selector == nil || q.Selector.Empty() {
@@ -48,10 +65,6 @@ func (e EdgeDemand) Demand(ctx context.Context, q Query) (Reading, error) {
 	svcs, lerr := e.Services.Services(q.Namespace).List(labels.Everything())
 	if lerr != nil {
 		return pods, err
-	}
-	now := time.Now
-	if e.Now != nil {
-		now = e.Now
 	}
 	best, found := 0.0, false
 	for _, s := range svcs {

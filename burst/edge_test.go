@@ -84,6 +84,20 @@ func TestEdgeDemand(t *testing.T) {
 			want:     Reading{Value: 0.4, At: podsAt},
 		},
 		{
+			// An HPA on the activator's own metric of a Service reads it
+			// from the activator, as the adapter serves it.
+			name: "the activator's metric on a Service", q: Query{Namespace: "model", Metric: "activator_concurrency", Service: "iris", Selector: labels.SelectorFromSet(labels.Set{"app": "iris"})},
+			pods:     &demands{m: map[string]Reading{}},
+			arrivals: arrivals{"model/iris": {ArrivalsPerSecond: 24, Held: 3, Inflight: 5}},
+			want:     Reading{Value: 8, At: base.Add(-time.Second)},
+		},
+		{
+			name: "the activator's metric on a Service it does not front", q: Query{Namespace: "model", Metric: "activator_arrivals_per_second", Service: "other"},
+			pods:     &demands{m: map[string]Reading{}},
+			arrivals: arrivals{"model/iris": {ArrivalsPerSecond: 24}},
+			wantErr:  collector.ErrNoData,
+		},
+		{
 			// Only the canary Service fronts these pods... and it narrows
 			// them, so its arrivals are not the workload's.
 			name: "a narrower Service does not count", q: Query{Namespace: "model", Metric: "requests_per_second", Selector: labels.SelectorFromSet(labels.Set{"app": "iris"})},
