@@ -52,6 +52,9 @@ func (p *Provider) serviceDemand(name types.NamespacedName, info provider.Custom
 		return nil, true, provider.NewMetricNotFoundForError(info.GroupResource, info.Metric, name.Name)
 	}
 	window := int64(api.Heartbeat / time.Second)
+	if w, ok := p.demand.(interface{ Window() time.Duration }); ok && w.Window() > 0 {
+		window = int64(w.Window().Round(time.Second) / time.Second)
+	}
 	return &custom_metrics.MetricValue{
 		DescribedObject: custom_metrics.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: name.Namespace, Name: name.Name},
 		Metric:          custom_metrics.MetricIdentifier{Name: info.Metric},

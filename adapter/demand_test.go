@@ -94,6 +94,9 @@ func TestServiceDemandAtZeroPods(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if mv.WindowSeconds == nil || *mv.WindowSeconds != 3 {
+				t.Errorf("windowSeconds %v, want the replicas' 3", mv.WindowSeconds)
+			}
 			if got := mv.Value.AsApproximateFloat64(); got != tc.want || mv.DescribedObject.Kind != "Service" || mv.DescribedObject.Name != tc.service {
 				t.Errorf("got %v on %+v, want %v on Service %s", got, mv.DescribedObject, tc.want, tc.service)
 			}

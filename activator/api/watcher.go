@@ -159,6 +159,20 @@ func (w *Watcher) Demand(namespace, service string) (d Demand, ok bool) {
 	return d, ok
 }
 
+// Window is the longest arrival-rate window among the fresh snapshots
+// (the activator's --demand-window), 0 when none is fresh.
+func (w *Watcher) Window() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out time.Duration
+	for _, s := range w.streams {
+		if !s.at.IsZero() && time.Since(s.at) <= StaleAfter {
+			out = max(out, time.Duration(s.snap.WindowSeconds*float64(time.Second)))
+		}
+	}
+	return out
+}
+
 // Pending is Demand's held and in-flight requests (the scaler's
 // PendingSource).
 func (w *Watcher) Pending(namespace, service string) (held, inflight int, ok bool) {
