@@ -61,7 +61,7 @@ func runTune(args []string) error {
 		rowsFlag   = fs.String("rows", "500,10000", "rows-per-request mixes, comma-separated (the seed's smallest and largest)")
 		slo        = fs.Duration("slo", 500*time.Millisecond, "latency SLO at --quantile")
 		quantile   = fs.String("quantile", "p99", "p99 or p50")
-		headroom   = fs.Float64("headroom", 0.2, "target this fraction below the measured capacity")
+		headroom   = fs.Float64("headroom", 0.4, "target this fraction below the measured capacity (the HPA acts only past 1.1x its target and a sync later: at 0.4 a pod is at 66% of its capacity when it does)")
 		signalName = fs.String("signal", "", "scale on this metric instead of the recommended one (predicted_rows_per_second, requests_per_second, inflight_requests, cpu)")
 		start      = fs.Float64("start-rate", 0, "first step's requests/s (0: half of what four clients reach back to back)")
 		factor     = fs.Float64("factor", 1.15, "each step's rate over the last's")
