@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/mlscale/mlscale/adapter"
 	"github.com/mlscale/mlscale/contract"
 	"github.com/mlscale/mlscale/internal/testenv"
 )
@@ -29,15 +30,25 @@ import (
 var imageRepos = []string{"ghcr.io/mlscale/mlscale", "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlscale"}
 
 // binaries are the commands at the image root (see README.md).
-var binaries = []string{"/modelserver", "/adapter", "/scaler", "/loadgen"}
+var binaries = []string{"/modelserver", "/adapter", "/scaler", "/loadgen", "/activator"}
 
 // servedMetrics are the adapter's and the scaler's default metric names
 // (the metrics contract, contract/metrics.yaml).
 var servedMetrics = contract.Metrics().ServedNames()
 
+// activatorMetrics are served on Services from the activator's demand
+// (adapter.DemandMetrics).
+var activatorMetrics = func() []string {
+	var out []string
+	for n := range adapter.DemandMetrics {
+		out = append(out, n)
+	}
+	return out
+}()
+
 func TestEveryOverlayRenders(t *testing.T) {
 	all := renderAll(t)
-	want := []string{"eks", "istio", "keda", "keda-combined", "keda-seldon", "local", "local-cpu", "local-keda", "local-tuned", "prometheus", "seldon", "seldon-cpu"}
+	want := []string{"eks", "istio", "keda", "keda-combined", "keda-seldon", "local", "local-cpu", "local-keda", "local-tuned", "local-zero", "prometheus", "seldon", "seldon-cpu", "zero"}
 	var got []string
 	for n := range all {
 		got = append(got, n)
@@ -455,6 +466,8 @@ func TestScalingRules(t *testing.T) {
 		"seldon-cpu":  {"SeldonDeployment model/iris-model-autoscale -> predictor autoscale [1,20] cpu:40%"},
 		"keda":        {"ScaledObject model/iris-model-autoscale -> Deployment iris-model-autoscale [1,20] external:requests_per_second external-push:requests_per_second"},
 		"keda-seldon": {"ScaledObject model/iris-model-autoscale -> SeldonDeployment iris-model-autoscale [0,20] external-push:requests_per_second"},
+		"local-zero":  {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [0,20] Service/activator_arrivals_per_second Service/activator_concurrency"},
+		"zero":        {"HorizontalPodAutoscaler model/iris-model-autoscale -> Deployment iris-model-autoscale [0,20] Service/activator_arrivals_per_second Service/activator_concurrency"},
 	}
 	// keda-combined is keda with the scaler served by the adapter: the same
 	// ScaledObject.
@@ -527,6 +540,11 @@ func metricNames(ms []autoscalingv2.MetricSpec) string {
 		case autoscalingv2.PodsMetricSourceType:
 			out = append(out, m.Pods.Metric.Name)
 			if !slices.Contains(servedMetrics, m.Pods.Metric.Name) {
+				out = append(out, "(not served!)")
+			}
+		case autoscalingv2.ObjectMetricSourceType:
+			out = append(out, m.Object.DescribedObject.Kind+"/"+m.Object.Metric.Name)
+			if !slices.Contains(servedMetrics, m.Object.Metric.Name) && !slices.Contains(activatorMetrics, m.Object.Metric.Name) {
 				out = append(out, "(not served!)")
 			}
 		case autoscalingv2.ResourceMetricSourceType:
