@@ -70,9 +70,11 @@ SCALING ?= tuned
 # path (e2e, SCALING=keda); bench-scaling adds prometheus-adapter.
 CLUSTER_WITH ?= keda
 E2E_RUN ?= .
+# Tests to leave out (go test -skip), e.g. one known to fail on this machine.
+E2E_SKIP ?=
 .PHONY: e2e
-e2e: build cluster-build certs deps-helm ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root; E2E_RUN selects tests).
-	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v ./test/e2e/...
+e2e: build cluster-build certs deps-helm ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root; E2E_RUN selects tests, E2E_SKIP leaves some out).
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' $(if $(E2E_SKIP),-skip '$(E2E_SKIP)') -v ./test/e2e/...
 
 .PHONY: e2e-manifests
 e2e-manifests: build cluster-build certs deps-helm ## Server-side dry-run of every overlay and of the Helm chart on the local cluster's kube-apiserver (root).
