@@ -23,6 +23,7 @@ import (
 func TestCPUHPAThroughMetricsServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
+	deployActivator(t, ctx) // the request path, as the overlays deploy it
 	manifest, err := os.ReadFile("testdata/cpu-hpa.yaml")
 	if err != nil {
 		t.Fatal(err)
