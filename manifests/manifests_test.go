@@ -48,7 +48,7 @@ var activatorMetrics = func() []string {
 
 func TestEveryOverlayRenders(t *testing.T) {
 	all := renderAll(t)
-	want := []string{"eks", "istio", "keda", "keda-combined", "keda-seldon", "local", "local-cpu", "local-keda", "local-tuned", "local-zero", "prometheus", "seldon", "seldon-cpu", "zero"}
+	want := []string{"eks", "istio", "keda", "keda-combined", "keda-seldon", "local", "local-cpu", "local-keda", "local-keda-combined", "local-tuned", "local-zero", "prometheus", "seldon", "seldon-cpu", "zero"}
 	var got []string
 	for n := range all {
 		got = append(got, n)
@@ -472,6 +472,7 @@ func TestScalingRules(t *testing.T) {
 	// keda-combined is keda with the scaler served by the adapter: the same
 	// ScaledObject.
 	want["keda-combined"] = want["keda"]
+	want["local-keda-combined"] = want["local-keda"]
 	for name, objs := range renderAll(t) {
 		t.Run(name, func(t *testing.T) {
 			var got []string
