@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 )
 
 // openLoop sends requests through the gateway at rate per second (open
@@ -272,13 +273,19 @@ func countReady(t *testing.T, ctx context.Context) int {
 
 func setReplicas(t *testing.T, ctx context.Context, ns, name string, n int32) {
 	t.Helper()
-	s, err := env.client.AppsV1().Deployments(ns).GetScale(ctx, name, metav1.GetOptions{})
+	// The Deployment changes under us (status, the activator's or the HPA's
+	// writes): read and write again on a conflict, as kubectl scale does.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		s, err := env.client.AppsV1().Deployments(ns).GetScale(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		s.Spec.Replicas = n
+		_, err = env.client.AppsV1().Deployments(ns).UpdateScale(ctx, name, s, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	s.Spec.Replicas = n
-	if _, err := env.client.AppsV1().Deployments(ns).UpdateScale(ctx, name, s, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
+		t.Fatalf("scaling %s/%s to %d: %v", ns, name, n, err)
 	}
 }
 
