@@ -473,6 +473,9 @@ func decodeV2Outputs(ov *fastjson.Value, req *v2Request) error {
 		if o.Type() != fastjson.TypeObject {
 			return badRequest("outputs[%d] must be an object, got %s", i, o.Type())
 		}
+		if o.Get("name") == nil {
+			return badRequest("outputs[%d] has no name; this model has one output, %q", i, v2OutputName)
+		}
 		name := o.GetStringBytes("name")
 		if string(name) != v2OutputName {
 			return badRequest("outputs[%d].name %s is not an output of this model; it has one output, %q", i, describe(o.Get("name")), v2OutputName)
@@ -588,6 +591,9 @@ func number(v *fastjson.Value) (float32, bool) {
 // describe names a bad value in an error message, shortened so a hostile
 // body cannot blow up the answer.
 func describe(v *fastjson.Value) string {
+	if v == nil {
+		return "missing"
+	}
 	s := v.String()
 	if len(s) > 40 {
 		s = s[:37] + "..."
