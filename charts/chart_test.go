@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"github.com/mlscale/mlscale/internal/testenv"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,10 +32,7 @@ func helm(t *testing.T) string {
 	t.Helper()
 	p, err := HelmBinary()
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: %v", err)
-		}
-		t.Skipf("%v", err)
+		testenv.RequireOrSkip(t, err.Error())
 	}
 	return p
 }

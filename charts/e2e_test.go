@@ -5,6 +5,7 @@ package charts
 import (
 	"context"
 	"fmt"
+	"github.com/mlscale/mlscale/internal/testenv"
 	"os"
 	"path/filepath"
 	"slices"
@@ -42,10 +43,7 @@ const fieldManager = "mlscale-chart-e2e"
 func TestChartServerSideDryRun(t *testing.T) {
 	kubeconfig := os.Getenv("MLSCALE_KUBECONFIG")
 	if kubeconfig == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true and MLSCALE_KUBECONFIG is not set: no cluster to dry-run against (make e2e-manifests starts one)")
-		}
-		t.Skip("MLSCALE_KUBECONFIG is not set: no cluster to dry-run against (make e2e-manifests starts one)")
+		testenv.RequireOrSkip(t, "MLSCALE_KUBECONFIG is not set: no cluster to dry-run against (make e2e-manifests starts one)")
 	}
 	h := helm(t)
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)

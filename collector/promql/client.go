@@ -219,4 +219,3 @@ func NewClient(c ClientConfig) (promapi.Client, error) {
 	}
 	return pc, nil
 }
-

@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"github.com/mlscale/mlscale/internal/testenv"
+
 	"context"
 	"os"
 	"testing"
@@ -20,7 +22,7 @@ import (
 // fails.
 func TestKEDACombined(t *testing.T) {
 	if os.Getenv("MLSCALE_E2E_NO_KEDA") == "1" {
-		t.Skip("MLSCALE_E2E_NO_KEDA=1: the cluster runs without KEDA")
+		testenv.RequireOrSkip(t, "MLSCALE_E2E_NO_KEDA=1: the cluster runs without KEDA")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"github.com/mlscale/mlscale/internal/testenv"
+
 	"context"
 	"fmt"
 	"os"
@@ -44,7 +46,7 @@ func dynamicClient(t *testing.T) dynamic.Interface {
 // says so in the ScaledObject's status and events; no silent zero).
 func TestKEDAThroughActivator(t *testing.T) {
 	if os.Getenv("MLSCALE_E2E_NO_KEDA") == "1" {
-		t.Skip("MLSCALE_E2E_NO_KEDA=1: the cluster runs without KEDA")
+		testenv.RequireOrSkip(t, "MLSCALE_E2E_NO_KEDA=1: the cluster runs without KEDA")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()

@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"github.com/mlscale/mlscale/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +29,7 @@ func helperCommand(spec []byte) *exec.Cmd {
 // asked, and the host does not see the mount.
 func TestHelperMountsPrivately(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mount namespaces need root")
+		testenv.RequireOrSkip(t, "mount namespaces need root")
 	}
 	vol := t.TempDir()
 	if err := os.WriteFile(filepath.Join(vol, "token"), []byte("bound-token"), 0o644); err != nil {
@@ -37,7 +38,7 @@ func TestHelperMountsPrivately(t *testing.T) {
 	target := filepath.Join(t.TempDir(), "var/run/secrets/kubernetes.io/serviceaccount")
 	sh, err := exec.LookPath("sh")
 	if err != nil {
-		t.Skip("no sh")
+		testenv.RequireOrSkip(t, "no sh")
 	}
 	spec, _ := json.Marshal(execSpec{
 		Mounts: []Mount{{Source: vol, Target: target, ReadOnly: true}},
@@ -58,7 +59,7 @@ func TestHelperMountsPrivately(t *testing.T) {
 
 func TestHelperReportsBadSource(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mount namespaces need root")
+		testenv.RequireOrSkip(t, "mount namespaces need root")
 	}
 	spec, _ := json.Marshal(execSpec{Mounts: []Mount{{Source: "/nonexistent/volume", Target: t.TempDir() + "/m"}}, Path: "/bin/true"})
 	out, err := helperCommand(spec).CombinedOutput()
@@ -76,11 +77,11 @@ func TestHelperReportsBadSource(t *testing.T) {
 // shallower one whatever order the pod lists them in.
 func TestHelperMountOverSources(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mount namespaces need root")
+		testenv.RequireOrSkip(t, "mount namespaces need root")
 	}
 	sh, err := exec.LookPath("sh")
 	if err != nil {
-		t.Skip("no sh")
+		testenv.RequireOrSkip(t, "no sh")
 	}
 	base := t.TempDir()
 	state := filepath.Join(base, "state")

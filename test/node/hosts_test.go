@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/mlscale/mlscale/internal/testenv"
 	"io"
 	"net"
 	"os"
@@ -184,15 +185,15 @@ func TestRewriteKeepsInode(t *testing.T) {
 // files are untouched.
 func TestHostsFileInsideNamespace(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mount namespaces need root")
+		testenv.RequireOrSkip(t, "mount namespaces need root")
 	}
 	sh, err := exec.LookPath("sh")
 	if err != nil {
-		t.Skip("no sh")
+		testenv.RequireOrSkip(t, "no sh")
 	}
 	hostBefore, err := os.ReadFile("/etc/hosts")
 	if err != nil {
-		t.Skip("no host /etc/hosts")
+		testenv.RequireOrSkip(t, "no host /etc/hosts")
 	}
 	lister, idx := serviceLister(t, svc("keda", "keda-operator", "198.19.0.12"))
 	n := testNetFiles(t, lister)
@@ -318,7 +319,7 @@ func init() {
 // created after it started (its hosts file is rewritten in place).
 func TestAgentPodResolvesServices(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mount namespaces need root")
+		testenv.RequireOrSkip(t, "mount namespaces need root")
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"github.com/mlscale/mlscale/internal/testenv"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -15,7 +16,7 @@ func TestTreeUsageCountsDescendants(t *testing.T) {
 	cmd := exec.Command("sh", "-c", `sh -c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 30' & sleep 30`)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		t.Skip("no sh:", err)
+		testenv.RequireOrSkip(t, "no sh: "+err.Error())
 	}
 	t.Cleanup(func() {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
