@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"github.com/mlscale/mlscale/internal/testenv"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/mlscale/mlscale/collector"
 	"github.com/mlscale/mlscale/internal/crdschema"
+	"github.com/mlscale/mlscale/internal/testenv"
 	"github.com/mlscale/mlscale/manifests/crds"
 )
 

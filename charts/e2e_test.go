@@ -5,7 +5,6 @@ package charts
 import (
 	"context"
 	"fmt"
-	"github.com/mlscale/mlscale/internal/testenv"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,6 +25,7 @@ import (
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/mlscale/mlscale/internal/testenv"
 	"github.com/mlscale/mlscale/manifests/crds"
 )
 

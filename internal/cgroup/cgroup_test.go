@@ -3,7 +3,6 @@ package cgroup
 import (
 	"errors"
 	"fmt"
-	"github.com/mlscale/mlscale/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/procfs"
+
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 // The test binary doubles as the measured process: MLSCALE_CGROUP_HELPER=busy

@@ -3,14 +3,14 @@
 package e2e
 
 import (
-	"github.com/mlscale/mlscale/internal/testenv"
-
 	"context"
 	"os"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 // TestKEDACombined is the keda-combined overlay on the local cluster

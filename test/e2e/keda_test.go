@@ -3,8 +3,6 @@
 package e2e
 
 import (
-	"github.com/mlscale/mlscale/internal/testenv"
-
 	"context"
 	"fmt"
 	"os"
@@ -18,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 var (

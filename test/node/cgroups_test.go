@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"github.com/mlscale/mlscale/internal/testenv"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mlscale/mlscale/internal/cgroup"
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 func TestContainerLimits(t *testing.T) {

@@ -2,12 +2,13 @@ package node
 
 import (
 	"encoding/json"
-	"github.com/mlscale/mlscale/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

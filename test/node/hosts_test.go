@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/mlscale/mlscale/internal/testenv"
 	"io"
 	"net"
 	"os"
@@ -22,6 +21,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 func svc(ns, name string, ips ...string) *corev1.Service {

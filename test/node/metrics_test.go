@@ -1,13 +1,14 @@
 package node
 
 import (
-	"github.com/mlscale/mlscale/internal/testenv"
 	"os/exec"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/procfs"
+
+	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 // A pod's CPU is its whole process tree's: here the work is done by a
