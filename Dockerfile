@@ -19,10 +19,12 @@ RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 # `make build` is the build step, so the image's binaries are built exactly
 # as `make build` builds them locally (GOFLAGS_BUILD: -trimpath -ldflags='-s -w'),
-# statically, cross-compiled for the target platform.
+# statically, cross-compiled for the target platform. The local cluster
+# (`localcluster`) is a development tool and stays out of the image.
 ENV CGO_ENABLED=0
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH make build BIN=/out \
+ && rm /out/localcluster \
  && mkdir -p /out/models/iris \
  && cp modelserver/xgboost/testdata/model.joblib /out/models/iris/model.joblib
 

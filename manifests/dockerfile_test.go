@@ -50,7 +50,7 @@ func dockerfile(t *testing.T) []string {
 // names. If either side changes, this fails.
 func TestDockerfileBuildsLikeMake(t *testing.T) {
 	ins := dockerfile(t)
-	var runMake, cgoOff, modelCopied bool
+	var runMake, cgoOff, modelCopied, noLocalCluster bool
 	var stages []string
 	for _, in := range ins {
 		switch {
@@ -61,6 +61,9 @@ func TestDockerfileBuildsLikeMake(t *testing.T) {
 		case strings.HasPrefix(in, "RUN "):
 			if strings.Contains(in, "make build BIN=/out") {
 				runMake = true
+			}
+			if strings.Contains(in, "rm /out/localcluster") {
+				noLocalCluster = true
 			}
 			if strings.Contains(in, "go build") {
 				t.Errorf("the Dockerfile runs go build itself (%q); it must run `make build`", in)
@@ -73,8 +76,8 @@ func TestDockerfileBuildsLikeMake(t *testing.T) {
 			}
 		}
 	}
-	if !runMake || !cgoOff || !modelCopied {
-		t.Errorf("Dockerfile: runs make build = %v, sets CGO_ENABLED=0 = %v, copies the model = %v; want all", runMake, cgoOff, modelCopied)
+	if !runMake || !cgoOff || !modelCopied || !noLocalCluster {
+		t.Errorf("Dockerfile: runs make build = %v, sets CGO_ENABLED=0 = %v, copies the model = %v, leaves the local cluster out = %v; want all", runMake, cgoOff, modelCopied, noLocalCluster)
 	}
 	if len(stages) != 2 || !strings.Contains(stages[0], "golang:") || !strings.Contains(stages[1], "gcr.io/distroless/static") || !strings.HasSuffix(stages[1], ":nonroot") {
 		t.Errorf("stages %q: want a golang builder and a distroless static nonroot image", stages)
@@ -128,6 +131,9 @@ func TestImageHoldsEveryCommand(t *testing.T) {
 		}
 	}
 	for b := range seen {
+		if b == "localcluster" {
+			t.Errorf("manifests run /localcluster, which the image leaves out")
+		}
 		if _, err := os.Stat(filepath.Join("..", "cmd", b, "main.go")); err != nil {
 			t.Errorf("manifests run /%s, but cmd/%s/main.go: %v", b, b, err)
 		}

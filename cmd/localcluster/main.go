@@ -16,8 +16,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mlscale/mlscale/test/cluster"
-	"github.com/mlscale/mlscale/test/node"
+	"github.com/mlscale/mlscale/localcluster"
+	"github.com/mlscale/mlscale/localcluster/build"
+	"github.com/mlscale/mlscale/localcluster/controlplane"
+	"github.com/mlscale/mlscale/localcluster/node"
 )
 
 func usage() {
@@ -64,12 +66,12 @@ func main() {
 
 func runBuild(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("build", flag.ExitOnError)
-	cache := fs.String("cache", cluster.DefaultCacheDir(), "cache directory for the built components ($MLSCALE_CACHE)")
+	cache := fs.String("cache", build.DefaultCacheDir(), "cache directory for the built components ($MLSCALE_CACHE)")
 	nice := fs.Int("nice", 10, "nice level of the compiler (0: none)")
 	with := fs.String("with", "", "extra components, comma-separated: keda (operator + metrics API server), prometheus-adapter")
 	fs.Parse(args)
 	start := time.Now()
-	b := &cluster.Builder{CacheDir: *cache, Nice: *nice, Log: os.Stderr}
+	b := &build.Builder{CacheDir: *cache, Nice: *nice, Log: os.Stderr}
 	bins, err := b.Build(ctx)
 	if err != nil {
 		return err
@@ -113,8 +115,8 @@ func (f *imageFlags) Set(s string) error {
 
 func runUp(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("up", flag.ExitOnError)
-	cache := fs.String("cache", cluster.DefaultCacheDir(), "cache directory for the built components ($MLSCALE_CACHE)")
-	def := cluster.DefaultOptions(*cache)
+	cache := fs.String("cache", build.DefaultCacheDir(), "cache directory for the built components ($MLSCALE_CACHE)")
+	def := controlplane.DefaultOptions(*cache)
 	state := fs.String("state-dir", "", "state directory: certificates, kubeconfigs, etcd data, logs (default CACHE/run; wiped at start)")
 	gw := fs.String("gateway", "127.0.0.1:8080", "gateway listen address")
 	repo := fs.String("repo", ".", "repository root: every pod's working directory")
@@ -122,7 +124,7 @@ func runUp(ctx context.Context, args []string) error {
 	cpus := fs.Int("node-cpus", 16, "CPU capacity the node advertises to the scheduler")
 	hpaSync := fs.Duration("hpa-sync-period", 0, "kube-controller-manager --horizontal-pod-autoscaler-sync-period (0: Kubernetes' default, 15s)")
 	noMS := fs.Bool("no-metrics-server", false, "do not deploy metrics-server")
-	keda := fs.Bool("keda", false, "also install KEDA "+cluster.KEDAVersion+" (operator + metrics API server, built on first use)")
+	keda := fs.Bool("keda", false, "also install KEDA "+build.KEDAVersion+" (operator + metrics API server, built on first use)")
 	var images imageFlags
 	fs.Var(&images, "image", "map an image prefix to a local program: PREFIX=PATH, PATH ending in / for a directory (repeatable)")
 	fs.Parse(args)
@@ -139,7 +141,7 @@ func runUp(ctx context.Context, args []string) error {
 	}
 	o := def
 	o.StateDir, o.Log, o.HPASyncPeriod = *state, os.Stderr, *hpaSync
-	return cluster.Up(ctx, cluster.UpOptions{
+	return localcluster.Up(ctx, localcluster.UpOptions{
 		Options: o, CacheDir: *cache, GatewayAddr: *gw, Images: node.ImageMap(images),
 		RepoDir: repoAbs, RepoBin: binAbs, KubeletPort: 10250, NodeCPUs: *cpus,
 		SkipMetricsServer: *noMS, KEDA: *keda,
@@ -149,14 +151,14 @@ func runUp(ctx context.Context, args []string) error {
 // runKubectl runs the cached kubectl with the running cluster's admin
 // kubeconfig.
 func runKubectl(ctx context.Context, args []string) error {
-	cache := cluster.DefaultCacheDir()
-	b := &cluster.Builder{CacheDir: cache}
+	cache := build.DefaultCacheDir()
+	b := &build.Builder{CacheDir: cache}
 	bins, ok := b.Cached()
 	if !ok {
 		return fmt.Errorf("kubectl is not built yet: run `make cluster-build`")
 	}
 	kc := filepath.Join(cache, "run", "pki", "admin.kubeconfig")
-	if data, err := os.ReadFile(filepath.Join(cache, "run", cluster.ReadyFile)); err == nil {
+	if data, err := os.ReadFile(filepath.Join(cache, "run", localcluster.ReadyFile)); err == nil {
 		kc = strings.TrimSpace(string(data))
 	}
 	cmd := exec.CommandContext(ctx, bins.Kubectl, append([]string{"--kubeconfig", kc}, args...)...)

@@ -5,7 +5,7 @@
 // serve, from the schema kept in seldon/ beside this file.
 //
 // The pins below are the only place these versions are named; the local
-// cluster runs the same KEDA (test/cluster reads KEDAVersion from here).
+// cluster runs the same KEDA (localcluster/build reads KEDAVersion from here).
 package crds
 
 import (

@@ -1,4 +1,4 @@
-package cluster
+package localcluster
 
 import (
 	"context"
@@ -22,9 +22,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/mlscale/mlscale/test/gateway"
-	"github.com/mlscale/mlscale/test/node"
-	"github.com/mlscale/mlscale/test/proxy"
+	"github.com/mlscale/mlscale/localcluster/build"
+	"github.com/mlscale/mlscale/localcluster/controlplane"
+	"github.com/mlscale/mlscale/localcluster/gateway"
+	"github.com/mlscale/mlscale/localcluster/node"
+	"github.com/mlscale/mlscale/localcluster/proxy"
 )
 
 //go:embed manifests/metrics-server.yaml
@@ -32,7 +34,7 @@ var metricsServerManifest []byte
 
 // UpOptions configure a whole local cluster.
 type UpOptions struct {
-	Options
+	controlplane.Options
 	CacheDir string
 	// GatewayAddr is where the gateway listens (default 127.0.0.1:8080).
 	GatewayAddr string
@@ -55,7 +57,7 @@ type UpOptions struct {
 
 // Cluster is a running local cluster.
 type Cluster struct {
-	CP         *ControlPlane
+	CP         *controlplane.ControlPlane
 	Kubeconfig string
 	Kubectl    string
 	Gateway    string
@@ -68,16 +70,16 @@ const ReadyFile = "ready"
 // Up builds what is missing, starts everything and blocks until ctx ends or
 // a component fails; then it tears everything down.
 func Up(ctx context.Context, o UpOptions) (err error) {
-	b := &Builder{CacheDir: o.CacheDir, Nice: 10, Log: o.Log}
-	build := b.Build
+	b := &build.Builder{CacheDir: o.CacheDir, Nice: 10, Log: o.Log}
+	buildAll := b.Build
 	if o.SkipMetricsServer {
-		build = b.BuildControlPlane
+		buildAll = b.BuildControlPlane
 	}
-	bins, err := build(ctx)
+	bins, err := buildAll(ctx)
 	if err != nil {
 		return err
 	}
-	cp, err := StartControlPlane(ctx, bins, o.Options)
+	cp, err := controlplane.StartControlPlane(ctx, bins, o.Options)
 	if err != nil {
 		return err
 	}
@@ -133,7 +135,7 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 	if err := waitNodeReady(ctx, cp.Client, o.NodeName, agentDone); err != nil {
 		return err
 	}
-	o.logf("node %s registered and Ready", o.NodeName)
+	o.Logf("node %s registered and Ready", o.NodeName)
 
 	kubectl := bins.Kubectl
 	if !o.SkipMetricsServer {
@@ -145,16 +147,16 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 		if err != nil {
 			return fmt.Errorf("deploying metrics-server: %w: %s", err, out)
 		}
-		o.logf("metrics-server deployed (kube-system/metrics-server)")
+		o.Logf("metrics-server deployed (kube-system/metrics-server)")
 	}
 	if o.KEDA {
 		if err := InstallKEDA(ctx, kubectl, cp.PKI.AdminKubeconfig, extras, filepath.Join(o.StateDir, "keda")); err != nil {
 			return err
 		}
-		o.logf("KEDA %s deployed (namespace keda: keda-operator, keda-metrics-apiserver; APIService v1beta1.external.metrics.k8s.io)", KEDAVersion)
+		o.Logf("KEDA %s deployed (namespace keda: keda-operator, keda-metrics-apiserver; APIService v1beta1.external.metrics.k8s.io)", build.KEDAVersion)
 	}
 
-	// Services' cluster IPs (local on lo, see DefaultServiceCIDR) work as
+	// Services' cluster IPs (local on lo, see controlplane.DefaultServiceCIDR) work as
 	// kube-proxy makes them work: KEDA dials keda-operator.keda.svc and the
 	// scaler's Service by name; the pods' /etc/hosts resolves them.
 	proxyCtx, stopProxy := context.WithCancel(ctx)
@@ -201,14 +203,14 @@ func Up(ctx context.Context, o UpOptions) (err error) {
 	if err := os.WriteFile(filepath.Join(o.StateDir, ReadyFile), []byte(c.Kubeconfig+"\n"), 0o644); err != nil {
 		return err
 	}
-	o.logf("\nlocal cluster up:\n  export KUBECONFIG=%s\n  %s get pods -A\n  gateway (to the activator): %s/seldon/{namespace}/{service}/...\n  logs: %s\nCtrl-C stops everything.",
+	o.Logf("\nlocal cluster up:\n  export KUBECONFIG=%s\n  %s get pods -A\n  gateway (to the activator): %s/seldon/{namespace}/{service}/...\n  logs: %s\nCtrl-C stops everything.",
 		c.Kubeconfig, kubectl, c.Gateway, filepath.Join(o.StateDir, "logs"))
 	if o.Ready != nil {
 		o.Ready(c)
 	}
 	select {
 	case <-ctx.Done():
-		o.logf("stopping the local cluster")
+		o.Logf("stopping the local cluster")
 		return nil
 	case p := <-failed:
 		return fmt.Errorf("a control-plane component stopped: %w", p.ExitError())

@@ -1,4 +1,4 @@
-package cluster
+package controlplane
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/mlscale/mlscale/localcluster/build"
 )
 
 // Options configure the control plane.
@@ -70,7 +72,8 @@ type ControlPlane struct {
 	svcRoute   bool
 }
 
-func (o Options) logf(format string, args ...any) {
+// Logf writes one line of progress to Log, when set.
+func (o Options) Logf(format string, args ...any) {
 	if o.Log != nil {
 		fmt.Fprintf(o.Log, format+"\n", args...)
 	}
@@ -92,7 +95,7 @@ func checkPorts(addrs map[string]string) error {
 // StartControlPlane starts etcd, kube-apiserver, kube-controller-manager and
 // kube-scheduler, waiting for each to be healthy. On error everything started
 // so far is stopped again.
-func StartControlPlane(ctx context.Context, bins Binaries, o Options) (_ *ControlPlane, err error) {
+func StartControlPlane(ctx context.Context, bins build.Binaries, o Options) (_ *ControlPlane, err error) {
 	if err := os.MkdirAll(filepath.Dir(o.StateDir), 0o755); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", filepath.Dir(o.StateDir), err)
 	}
@@ -129,7 +132,7 @@ func StartControlPlane(ctx context.Context, bins Binaries, o Options) (_ *Contro
 		return nil, err
 	}
 	cp.Server = "https://" + apiAddr
-	o.logf("certificates: %s", filepath.Join(o.StateDir, "pki"))
+	o.Logf("certificates: %s", filepath.Join(o.StateDir, "pki"))
 	cp.PKI, err = GeneratePKI(filepath.Join(o.StateDir, "pki"), cp.Server,
 		[]net.IP{nodeIP, net.ParseIP("127.0.0.1")}, o.NodeName, nodeIP)
 	if err != nil {
@@ -207,7 +210,7 @@ func StartControlPlane(ctx context.Context, bins Binaries, o Options) (_ *Contro
 	}); err != nil {
 		return nil, err
 	}
-	o.logf("kube-apiserver ready at %s", cp.Server)
+	o.Logf("kube-apiserver ready at %s", cp.Server)
 
 	cmArgs := []string{
 		"--kubeconfig=" + p.ControllerManagerKubeconfig,
@@ -251,12 +254,12 @@ func StartControlPlane(ctx context.Context, bins Binaries, o Options) (_ *Contro
 		httpOK(insecure, fmt.Sprintf("https://127.0.0.1:%d/healthz", o.SchedulerPort))); err != nil {
 		return nil, err
 	}
-	o.logf("kube-controller-manager and kube-scheduler healthy")
+	o.Logf("kube-controller-manager and kube-scheduler healthy")
 	return cp, nil
 }
 
 func (cp *ControlPlane) start(name, bin string, args []string, logDir string) (*Process, error) {
-	cp.Opts.logf("starting %s (log: %s)", name, filepath.Join(logDir, name+".log"))
+	cp.Opts.Logf("starting %s (log: %s)", name, filepath.Join(logDir, name+".log"))
 	p, err := StartProcess(name, bin, args, nil, logDir)
 	if err != nil {
 		return nil, err
@@ -280,19 +283,19 @@ func (cp *ControlPlane) Failed() <-chan *Process {
 // Stop stops the components in reverse order and releases the lock.
 func (cp *ControlPlane) Stop() {
 	for i := len(cp.procs) - 1; i >= 0; i-- {
-		cp.Opts.logf("stopping %s", cp.procs[i].Name)
+		cp.Opts.Logf("stopping %s", cp.procs[i].Name)
 		cp.procs[i].Stop(10 * time.Second)
 	}
 	cp.procs = nil
 	if cp.routeAdded {
 		if err := DelLocalRoute(cp.Opts.PodCIDR); err != nil {
-			cp.Opts.logf("%v", err)
+			cp.Opts.Logf("%v", err)
 		}
 		cp.routeAdded = false
 	}
 	if cp.svcRoute {
 		if err := DelLocalRoute(cp.Opts.ServiceCIDR); err != nil {
-			cp.Opts.logf("%v", err)
+			cp.Opts.Logf("%v", err)
 		}
 		cp.svcRoute = false
 	}
