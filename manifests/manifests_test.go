@@ -207,20 +207,22 @@ func TestModelServerPods(t *testing.T) {
 					}
 					n++
 					where := pt.where + " container " + c.Name
-					// The local overlays give the model server a tenth of a core,
-					// enforced by the local node's cgroups, so the seed's load
-					// needs several pods on a two-core machine (README).
+					// The local overlays give the model server a quarter of a
+					// core, enforced by the local node's cgroups, so the seed's
+					// load needs several pods on a two-core machine, and bound
+					// its requests in flight so a saturated pod sheds load and
+					// stays scrapable (README, "Capacity and targets").
 					wantCPU, why := int64(500), "the seed's 500m"
 					if strings.HasPrefix(name, "local") {
-						wantCPU, why = 100, "the local overlays' 100m"
-						// local-tuned (make demo) lets its pods burst to a core
-						// (its kustomization says why).
-						wantLimit := wantCPU
-						if name == "local-tuned" {
-							wantLimit = 1000
+						wantCPU, why = 250, "the local overlays' 250m"
+						if lim := c.Resources.Limits.Cpu().MilliValue(); lim != wantCPU {
+							t.Errorf("%s: cpu limit %dm, want %dm (= request, Guaranteed)", where, lim, wantCPU)
 						}
-						if lim := c.Resources.Limits.Cpu().MilliValue(); lim != wantLimit {
-							t.Errorf("%s: cpu limit %dm, want %dm", where, lim, wantLimit)
+						if mem := c.Resources.Limits.Memory().Value(); mem != 1<<30 {
+							t.Errorf("%s: memory limit %d, want 1Gi", where, mem)
+						}
+						if v, ok := flagValue(c.Args, "max-inflight"); v != "8" {
+							t.Errorf("%s: --max-inflight=%q (set: %v), want 8", where, v, ok)
 						}
 					}
 					if got := c.Resources.Requests.Cpu().MilliValue(); got != wantCPU {

@@ -14,6 +14,7 @@ const (
 	reasonInternalError = "MICROSERVICE_INTERNAL_ERROR"
 	reasonNotFound      = "NOT_FOUND"
 	reasonMethod        = "METHOD_NOT_ALLOWED"
+	reasonOverloaded    = "SERVICE_UNAVAILABLE"
 )
 
 // requestError is a failure the client can act on: it carries the HTTP

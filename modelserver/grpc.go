@@ -168,9 +168,14 @@ func (refusedCalls) HandleConn(context.Context, stats.ConnStats)                
 // must not let the answer point into.
 func (s *Server) grpcCall(ctx context.Context, proto int, f func(wk *work) (rows int, err error)) error {
 	start := time.Now()
-	s.m.inflight.Inc()
-	defer s.m.inflight.Dec()
-	rows, err := s.callSafely(f)
+	var rows int
+	err := s.admit()
+	if err == nil {
+		s.m.inflight.Inc()
+		rows, err = s.callSafely(f)
+		s.m.inflight.Dec()
+		s.release()
+	}
 	d := time.Since(start).Seconds()
 	code := http.StatusOK
 	if err != nil {

@@ -70,6 +70,12 @@ type Options struct {
 
 	// MaxBodyBytes limits request bodies; 0 means DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// MaxInflight bounds the prediction requests (REST and gRPC) served at
+	// once; one more is refused at once with 503 (gRPC UNAVAILABLE) and
+	// Retry-After, before its body is read. A pod past its CPU capacity
+	// then sheds load instead of queueing it until its memory runs out,
+	// and its /metrics stays answerable. 0 means no bound.
+	MaxInflight int
 	// DrainDelay is how long Serve keeps serving after its context is
 	// cancelled, with readiness false, so that endpoints and load
 	// balancers stop sending before the listener closes (what a preStop
@@ -97,6 +103,8 @@ type Server struct {
 	m       *metrics
 	ready   atomic.Bool
 	handler http.Handler
+	// busy counts prediction requests admitted under Options.MaxInflight.
+	busy atomic.Int64
 
 	// Per-protocol series, resolved once: the hot path does no label
 	// lookups for successful requests.
@@ -703,9 +711,23 @@ func (s *Server) instrument(proto int, h func(http.ResponseWriter, *http.Request
 	seldonOK := seldon.WithLabelValues("post", "200")
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		s.m.inflight.Inc()
+		if err := s.admit(); err != nil {
+			w.Header().Set("Retry-After", "1")
+			var code int
+			if proto == protoV2 {
+				code = writeV2Error(w, err)
+			} else {
+				code = writeSeldonError(w, err)
+			}
+			d := time.Since(start).Seconds()
+			s.record(proto, code, 0, d)
+			seldon.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code)).Observe(d)
+			return
+		}
 		// Deferred, so a handler that panics (net/http recovers it) does
-		// not leave the gauge one up for good.
+		// not leave the count or the gauge one up for good.
+		defer s.release()
+		s.m.inflight.Inc()
 		defer s.m.inflight.Dec()
 		code, rows := h(w, r)
 		d := time.Since(start).Seconds()
@@ -717,6 +739,25 @@ func (s *Server) instrument(proto int, h func(http.ResponseWriter, *http.Request
 		seldon.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code)).Observe(d)
 	}
 }
+
+// admit takes one of Options.MaxInflight's places for a prediction
+// request, or says the server is full; every nil return is paired with a
+// release.
+func (s *Server) admit() error {
+	n := s.busy.Add(1)
+	if s.opts.MaxInflight > 0 && n > int64(s.opts.MaxInflight) {
+		s.busy.Add(-1)
+		return &requestError{
+			status: http.StatusServiceUnavailable,
+			reason: reasonOverloaded,
+			msg: fmt.Sprintf("server busy: %d prediction requests in flight, the limit (--max-inflight); retry later or add replicas",
+				s.opts.MaxInflight),
+		}
+	}
+	return nil
+}
+
+func (s *Server) release() { s.busy.Add(-1) }
 
 // timeSeldon times a Seldon route that is not a prediction in Seldon's
 // executor histogram only.
