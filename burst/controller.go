@@ -335,6 +335,12 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 		c.state[key] = st
 		c.mu.Unlock()
 	}()
+	if d.Crossed {
+		// The first moment of a possible burst: with the "Burst" line
+		// below, the timeline from demand to /scale (TestBurst reads both).
+		klog.InfoS("Burst threshold reached; holding", "hpa", klog.KObj(h), "ratio", fmt.Sprintf("%.2f", d.Ratio),
+			"demand", in.Readings[d.Metric].Value, "readingAge", in.Now.Sub(in.Readings[d.Metric].At).Round(time.Millisecond), "hold", p.Hold)
+	}
 	if !d.Burst(in) {
 		c.clearErr(key)
 		if d.Stale {

@@ -72,6 +72,12 @@ type Decision struct {
 	// Stale: a reading was missing, too old or not a number, so nothing
 	// was decided.
 	Stale bool
+	// Crossed: the ratio reached the threshold at this evaluation (the
+	// hold starts now).
+	Crossed bool
+	// HoldEnds is when the hold will be satisfied if the ratio stays at or
+	// above the threshold (zero when it is below).
+	HoldEnds time.Time
 }
 
 // Burst reports whether the decision is to scale up now.
@@ -196,7 +202,9 @@ func Decide(p Policy, in Input, st State) (Decision, State) {
 	}
 	if st.since.IsZero() {
 		st.since = in.Now
+		d.Crossed = true
 	}
+	d.HoldEnds = st.since.Add(p.Hold)
 	if held := in.Now.Sub(st.since); held < p.Hold {
 		d.Reason = fmt.Sprintf("%s, at or above %.0f%% for %s of %s", what, 100*p.Threshold, held.Round(time.Millisecond), p.Hold)
 		return d, st

@@ -19,6 +19,24 @@ type ServiceDemandReader interface {
 	Demand(namespace, service string) (api.Demand, bool)
 }
 
+// demandAter is a ServiceDemandReader that also says when its data arrived
+// (api.Watcher).
+type demandAter interface {
+	DemandAt(namespace, service string) (api.Demand, time.Time, bool)
+}
+
+// read is r's demand for namespace/service and when it arrived: the
+// watcher's receipt time when it says, else now minus api.Heartbeat (the
+// watcher keeps only snapshots younger than api.StaleAfter and a stream
+// sends one at least every api.Heartbeat).
+func read(r ServiceDemandReader, now time.Time, namespace, service string) (api.Demand, time.Time, bool) {
+	if a, ok := r.(demandAter); ok {
+		return a.DemandAt(namespace, service)
+	}
+	d, ok := r.Demand(namespace, service)
+	return d, now.Add(-api.Heartbeat), ok
+}
+
 // arrivalsFor maps a pod metric to the activator's measure of the same
 // demand at the edge: requests arriving per second, held and refused ones
 // included, which exist before the pods catch up and do not saturate with
@@ -51,11 +69,11 @@ func (e EdgeDemand) Demand(ctx context.Context, q Query) (Reading, error) {
 	// activator_arrivals_per_second, say) are what the adapter serves from
 	// the same watcher: read them there, not from the pods.
 	if f, ok := adapter.DemandMetrics[q.Metric]; ok && q.Service != "" && e.Arrivals != nil {
-		d, ok := e.Arrivals.Demand(q.Namespace, q.Service)
+		d, at, ok := read(e.Arrivals, now(), q.Namespace, q.Service)
 		if !ok {
 			return Reading{}, fmt.Errorf("%s on service %s/%s: %w: no activator replica reports it", q.Metric, q.Namespace, q.Service, collector.ErrNoData)
 		}
-		return Reading{Value: f(d), At: now().Add(-api.Heartbeat)}, nil
+		return Reading{Value: f(d), At: at}, nil
 	}
 	pods, err := e.Pods.Demand(ctx, q)
 	f, ok := arrivalsFor[q.Metric]
@@ -66,26 +84,23 @@ func (e EdgeDemand) Demand(ctx context.Context, q Query) (Reading, error) {
 	if lerr != nil {
 		return pods, err
 	}
-	best, found := 0.0, false
+	var edge Reading
+	found := false
 	for _, s := range svcs {
 		if len(s.Spec.Selector) == 0 || !covers(labels.SelectorFromSet(s.Spec.Selector), q.Selector) {
 			continue
 		}
-		d, ok := e.Arrivals.Demand(s.Namespace, s.Name)
+		d, at, ok := read(e.Arrivals, now(), s.Namespace, s.Name)
 		if !ok {
 			continue
 		}
-		if v := f(d); !found || v > best {
-			best, found = v, true
+		if v := f(d); !found || v > edge.Value {
+			edge, found = Reading{Value: v, At: at}, true
 		}
 	}
 	if !found {
 		return pods, err
 	}
-	// The watcher keeps only snapshots younger than api.StaleAfter and
-	// streams one at least every api.Heartbeat: the value is at most that
-	// old.
-	edge := Reading{Value: best, At: now().Add(-api.Heartbeat)}
 	if err != nil || edge.Value > pods.Value {
 		return edge, nil
 	}

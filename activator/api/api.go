@@ -50,6 +50,12 @@ type Demand struct {
 	// snapshot's window, per second: forwarded, held and refused alike,
 	// so it measures demand, not what the pods managed to serve.
 	ArrivalsPerSecond float64 `json:"arrivalsPerSecond"`
+	// RecentArrivalsPerSecond is the same count over the snapshot's
+	// shorter RecentWindowSeconds (Knative's panic window beside its
+	// stable one): it follows a step within a few hundred milliseconds
+	// where the long window ramps over seconds. Absent (0) from an
+	// activator that does not measure it.
+	RecentArrivalsPerSecond float64 `json:"recentArrivalsPerSecond,omitempty"`
 	// Held requests wait for a ready endpoint (the Service is at zero).
 	Held int64 `json:"held"`
 	// Inflight requests have been forwarded and not yet answered.
@@ -68,8 +74,11 @@ type Snapshot struct {
 	// Time the snapshot was taken.
 	Time time.Time `json:"time"`
 	// WindowSeconds is the window ArrivalsPerSecond is averaged over.
-	WindowSeconds float64  `json:"windowSeconds"`
-	Services      []Demand `json:"services"`
+	WindowSeconds float64 `json:"windowSeconds"`
+	// RecentWindowSeconds is the window of RecentArrivalsPerSecond (0:
+	// not measured).
+	RecentWindowSeconds float64  `json:"recentWindowSeconds,omitempty"`
+	Services            []Demand `json:"services"`
 }
 
 // Validate reports the first field that cannot be right.
@@ -80,12 +89,17 @@ func (s *Snapshot) Validate() error {
 	if !(s.WindowSeconds > 0) || math.IsInf(s.WindowSeconds, 0) {
 		return fmt.Errorf("snapshot: windowSeconds must be positive, got %v", s.WindowSeconds)
 	}
+	if !(s.RecentWindowSeconds >= 0) || math.IsInf(s.RecentWindowSeconds, 0) || s.RecentWindowSeconds > s.WindowSeconds {
+		return fmt.Errorf("snapshot: recentWindowSeconds must be between 0 and windowSeconds (%v), got %v", s.WindowSeconds, s.RecentWindowSeconds)
+	}
 	for i, d := range s.Services {
 		switch {
 		case d.Namespace == "" || d.Service == "":
 			return fmt.Errorf("snapshot: services[%d]: namespace and service must not be empty", i)
 		case !(d.ArrivalsPerSecond >= 0) || math.IsInf(d.ArrivalsPerSecond, 0):
 			return fmt.Errorf("snapshot: services[%d] (%s): arrivalsPerSecond must be a finite number >= 0, got %v", i, d.Key(), d.ArrivalsPerSecond)
+		case !(d.RecentArrivalsPerSecond >= 0) || math.IsInf(d.RecentArrivalsPerSecond, 0):
+			return fmt.Errorf("snapshot: services[%d] (%s): recentArrivalsPerSecond must be a finite number >= 0, got %v", i, d.Key(), d.RecentArrivalsPerSecond)
 		case d.Held < 0 || d.Inflight < 0 || d.ReadyEndpoints < 0:
 			return fmt.Errorf("snapshot: services[%d] (%s): held, inflight and readyEndpoints must be >= 0", i, d.Key())
 		}

@@ -139,6 +139,13 @@ func (w *Watcher) Updated() <-chan struct{} {
 // answering): the demand is unknown, not zero, so a typo in a Service name
 // never reads as "no demand, scale to zero".
 func (w *Watcher) Demand(namespace, service string) (d Demand, ok bool) {
+	d, _, ok = w.DemandAt(namespace, service)
+	return d, ok
+}
+
+// DemandAt is Demand with when the oldest snapshot in the sum reached the
+// watcher: the sum is as fresh as that.
+func (w *Watcher) DemandAt(namespace, service string) (d Demand, at time.Time, ok bool) {
 	d = Demand{Namespace: namespace, Service: service}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -148,15 +155,19 @@ func (w *Watcher) Demand(namespace, service string) (d Demand, ok bool) {
 		}
 		for _, sd := range s.snap.Services {
 			if sd.Namespace == namespace && sd.Service == service {
+				if !ok || s.at.Before(at) {
+					at = s.at
+				}
 				ok = true
 				d.ArrivalsPerSecond += sd.ArrivalsPerSecond
+				d.RecentArrivalsPerSecond += sd.RecentArrivalsPerSecond
 				d.Held += sd.Held
 				d.Inflight += sd.Inflight
 				d.ReadyEndpoints = max(d.ReadyEndpoints, sd.ReadyEndpoints)
 			}
 		}
 	}
-	return d, ok
+	return d, at, ok
 }
 
 // Window is the longest arrival-rate window among the fresh snapshots

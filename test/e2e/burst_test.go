@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/mlscale/mlscale/activator/api"
 )
 
 // burstAnnotation opts the `local` overlay's HPA into burst, and lets its
@@ -51,9 +55,11 @@ func TestBurst(t *testing.T) {
 	waitScalingActive(t, ctx, "iris-model-autoscale", 5*time.Minute)
 
 	syncs := watchHPASyncs(t, ctx)
+	edge := watchActivatorDemand(t, ctx, "model", "iris-model-autoscale")
 	step := syncs.stepAfterSync(t, ctx, 2*time.Second)
 	load.rate.Store(24)
 	res := watchStep(t, ctx, step, 75*time.Second)
+	logBurstTimeline(t, step, edge, res, 8) // 200% of one pod's 4/s
 
 	firstSync, ok := syncs.after(step)
 	if !ok {
@@ -117,6 +123,7 @@ func TestBurst(t *testing.T) {
 // stepResult is what watchStep saw of the Deployment's replicas.
 type stepResult struct {
 	riseS        float64 // seconds from the step to spec.replicas first above where it was; -1 none
+	readyS       float64 // seconds from the step to that many replicas Ready; -1 none
 	firstRise    int32   // the count of that first rise
 	minAfterRise int32   // the lowest count after it
 	final        int32
@@ -125,7 +132,7 @@ type stepResult struct {
 
 func watchStep(t *testing.T, ctx context.Context, step time.Time, window time.Duration) stepResult {
 	t.Helper()
-	res := stepResult{riseS: -1}
+	res := stepResult{riseS: -1, readyS: -1}
 	start := int32(-1)
 	for time.Since(step) < window && ctx.Err() == nil {
 		d, err := env.client.AppsV1().Deployments("model").Get(ctx, "iris-model-autoscale", metav1.GetOptions{})
@@ -140,6 +147,9 @@ func watchStep(t *testing.T, ctx context.Context, step time.Time, window time.Du
 			if res.riseS < 0 && r > start {
 				res.riseS, res.firstRise, res.minAfterRise = time.Since(step).Seconds(), r, r
 			}
+			if res.riseS >= 0 && res.readyS < 0 && d.Status.ReadyReplicas >= res.firstRise {
+				res.readyS = time.Since(step).Seconds()
+			}
 			if res.riseS >= 0 && r < res.minAfterRise {
 				res.minAfterRise = r
 			}
@@ -148,6 +158,112 @@ func watchStep(t *testing.T, ctx context.Context, step time.Time, window time.Du
 		time.Sleep(200 * time.Millisecond)
 	}
 	return res
+}
+
+// demandSeen is one activator demand snapshot for a Service as the test
+// received it.
+type demandSeen struct {
+	taken, received  time.Time
+	arrivals, recent float64
+}
+
+// edgeDemand follows every activator replica's demand stream (api.Path on
+// its admin port) for one Service, as the adapter's watcher does.
+type edgeDemand struct {
+	mu    sync.Mutex
+	snaps []demandSeen
+}
+
+func watchActivatorDemand(t *testing.T, ctx context.Context, namespace, service string) *edgeDemand {
+	t.Helper()
+	e := &edgeDemand{}
+	for _, p := range waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=activator", 1, time.Minute) {
+		url := "http://" + net.JoinHostPort(p.Status.PodIP, "8081") + api.Path
+		go func() {
+			_ = api.Watch(ctx, http.DefaultClient, url, func(s api.Snapshot) {
+				now := time.Now()
+				for _, d := range s.Services {
+					if d.Namespace == namespace && d.Service == service {
+						e.mu.Lock()
+						e.snaps = append(e.snaps, demandSeen{taken: s.Time, received: now, arrivals: d.ArrivalsPerSecond, recent: d.RecentArrivalsPerSecond})
+						e.mu.Unlock()
+					}
+				}
+			})
+		}()
+	}
+	return e
+}
+
+// first is the first snapshot taken after t0 whose demand (the higher of
+// the two windows) is at least v.
+func (e *edgeDemand) first(t0 time.Time, v float64) (demandSeen, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, s := range e.snaps {
+		if s.taken.After(t0) && max(s.arrivals, s.recent) >= v {
+			return s, true
+		}
+	}
+	return demandSeen{}, false
+}
+
+// logBurstTimeline logs where the time from the step to the burst went:
+// the step's requests reaching the activator, its demand crossing
+// threshold (taken, and received here: the adapter's watcher receives it
+// the same way), the burst controller first seeing the threshold and
+// writing /scale (the adapter's log), the replicas rising (polled) and
+// Ready.
+func logBurstTimeline(t *testing.T, step time.Time, e *edgeDemand, res stepResult, threshold float64) {
+	t.Helper()
+	at := func(x time.Time, ok bool) string {
+		if !ok {
+			return "not seen"
+		}
+		return fmt.Sprintf("%+.2f s", x.Sub(step).Seconds())
+	}
+	secs := func(s float64) string {
+		if s < 0 {
+			return "not seen"
+		}
+		return fmt.Sprintf("%+.2f s", s)
+	}
+	arrived, ok1 := e.first(step, 1.5)
+	crossed, ok2 := e.first(step, threshold)
+	held, ok3 := adapterLogTime(step, "Burst threshold reached")
+	burst, ok4 := adapterLogTime(step, `"Burst"`)
+	t.Logf("timeline after the step: activator arrivals above 1.5/s (snapshot taken) %s; at %.0f/s taken %s, received %s; "+
+		"controller at threshold %s; /scale written %s; replicas rose (seen) %s; Ready %s",
+		at(arrived.taken, ok1), threshold, at(crossed.taken, ok2), at(crossed.received, ok2), at(held, ok3), at(burst, ok4), secs(res.riseS), secs(res.readyS))
+}
+
+// adapterLogTime is the klog time of the first line containing what after
+// t0 in the adapter's container logs (the node agent keeps them under
+// node/pods/).
+func adapterLogTime(t0 time.Time, what string) (time.Time, bool) {
+	dirs, _ := filepath.Glob(filepath.Join(env.state, "node", "pods", "mlscale_mlscale-adapter-*", "*.log"))
+	var best time.Time
+	for _, f := range dirs {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if !strings.Contains(line, what) || len(line) < 21 {
+				continue
+			}
+			// klog: "I1130 10:40:01.123456 ..." (no year; the pod's local time).
+			ts, err := time.ParseInLocation("0102 15:04:05.000000", line[1:21], time.Local)
+			if err != nil {
+				continue
+			}
+			ts = ts.AddDate(t0.Year(), 0, 0)
+			if ts.After(t0) && (best.IsZero() || ts.Before(best)) {
+				best = ts
+			}
+		}
+	}
+	return best, !best.IsZero()
 }
 
 // hpaSyncs records when the HPA controller syncs: each sync asks the
