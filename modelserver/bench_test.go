@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"testing"
 
 	jsoniter "github.com/json-iterator/go"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mlscale/mlscale/api/inference"
+	"github.com/mlscale/mlscale/api/ndarray"
 	"github.com/mlscale/mlscale/api/seldon"
 	"github.com/mlscale/mlscale/modelserver/xgboost"
 )
@@ -27,25 +27,15 @@ import (
 // shortest float32 text (longer numbers, more parsing per byte).
 func seedBody(rows int, floats bool) []byte {
 	r := rand.New(rand.NewPCG(1, uint64(rows)))
-	b := []byte(`{"data":{"ndarray":[`)
-	for i := 0; i < rows; i++ {
-		if i > 0 {
-			b = append(b, ',')
+	x := make([]float32, rows*4)
+	for i := range x {
+		if floats {
+			x[i] = float32(r.Float64() * 8)
+		} else {
+			x[i] = float32(1 + r.IntN(4))
 		}
-		b = append(b, '[')
-		for j := 0; j < 4; j++ {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			if floats {
-				b = strconv.AppendFloat(b, float64(float32(r.Float64()*8)), 'g', -1, 32)
-			} else {
-				b = strconv.AppendInt(b, int64(1+r.IntN(4)), 10)
-			}
-		}
-		b = append(b, ']')
 	}
-	return append(b, "]}}"...)
+	return ndarray.AppendRequest(nil, x, rows, 4, ndarray.Null)
 }
 
 type stdRequest struct {
@@ -181,7 +171,7 @@ func BenchmarkEncode(b *testing.B) {
 		var buf []byte
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
-			buf = appendRows(buf[:0], out, rows, 3)
+			buf = ndarray.AppendRows(buf[:0], out, rows, 3, ndarray.Null)
 		}
 		b.ReportMetric(float64(rows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
 	})

@@ -608,49 +608,6 @@ func grow(x []float32, n int) []float32 {
 	return x[:n]
 }
 
-// appendFloat32 writes the shortest text that parses back to the same
-// float32. That is half the bytes of the float64 text the python wrapper
-// writes for the same float32 values (and what MLServer's orjson writes),
-// and a client parsing it as float32 gets exactly the model's output.
-// JSON has no NaN or Inf; they become null.
-func appendFloat32(b []byte, f float32) []byte {
-	if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
-		return append(b, "null"...)
-	}
-	return strconv.AppendFloat(b, float64(f), 'g', -1, 32)
-}
-
-// appendRows writes out as [[a,b,c],[d,e,f],...] with no per-row allocation.
-func appendRows(b []byte, out []float32, rows, no int) []byte {
-	b = append(b, '[')
-	for i := 0; i < rows; i++ {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, '[')
-		for j, f := range out[i*no : (i+1)*no] {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = appendFloat32(b, f)
-		}
-		b = append(b, ']')
-	}
-	return append(b, ']')
-}
-
-// appendFlat writes out as [a,b,c,...].
-func appendFlat(b []byte, out []float32) []byte {
-	b = append(b, '[')
-	for i, f := range out {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendFloat32(b, f)
-	}
-	return append(b, ']')
-}
-
 // appendJSONString writes s as a JSON string (names from flags, request
 // ids); off the per-row path, so encoding/json's escaping is fine here.
 func appendJSONString(b []byte, s string) []byte {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fastjson"
+
+	"github.com/mlscale/mlscale/api/ndarray"
 )
 
 const fuzzNF = 4
@@ -59,8 +61,7 @@ func checkDecoded(t *testing.T, p *fastjson.Parser, x []float32, rows int) {
 		t.Fatalf("decoded %d rows into %d features", rows, len(x))
 	}
 	x = x[:rows*fuzzNF]
-	body := appendRows([]byte(`{"data":{"ndarray":`), x, rows, fuzzNF)
-	body = append(body, "}}"...)
+	body := ndarray.AppendRequest(nil, x, rows, fuzzNF, ndarray.Null)
 	y, rows2, _, err := decodeSeldon(p, body, fuzzNF, nil)
 	if err != nil || rows2 != rows {
 		t.Fatalf("re-decoding %s: rows %d, err %v", body, rows2, err)

@@ -32,6 +32,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fastjson"
+
+	"github.com/mlscale/mlscale/api/ndarray"
 )
 
 // The server's name and version in Open Inference Protocol metadata.
@@ -539,11 +541,11 @@ func (s *Server) predictSeldon(w http.ResponseWriter, r *http.Request) (code, ro
 		b = append(b, ',')
 		b = strconv.AppendInt(b, int64(s.no), 10)
 		b = append(b, `],"values":`...)
-		b = appendFlat(b, wk.out[:n*s.no])
+		b = ndarray.AppendFlat(b, wk.out[:n*s.no], ndarray.Null)
 		b = append(b, '}')
 	} else {
 		b = append(b, `"ndarray":`...)
-		b = appendRows(b, wk.out, n, s.no)
+		b = ndarray.AppendRows(b, wk.out, n, s.no, ndarray.Null)
 	}
 	b = append(b, "},"...)
 	b = appendSeldonMeta(b, &req)
@@ -646,7 +648,7 @@ func (s *Server) predictV2(w http.ResponseWriter, r *http.Request) (code, rows i
 		return http.StatusOK, n
 	}
 	b = append(b, `],"data":`...)
-	b = appendFlat(b, out)
+	b = ndarray.AppendFlat(b, out, ndarray.Null)
 	b = append(b, "}]}"...)
 	wk.resp = b
 	writeJSON(w, http.StatusOK, b)
@@ -899,7 +901,7 @@ func (s *Server) healthStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	b := append(wk.resp[:0], s.seldonPrefix...)
 	b = append(b, `"ndarray":`...)
-	b = appendRows(b, wk.out, 1, s.no)
+	b = ndarray.AppendRows(b, wk.out, 1, s.no, ndarray.Null)
 	b = append(b, `},"meta":{}}`...)
 	wk.resp = b
 	writeJSON(w, http.StatusOK, b)

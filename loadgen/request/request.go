@@ -14,6 +14,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/mlscale/mlscale/api/ndarray"
 )
 
 // Protocol is a prediction API.
@@ -211,30 +213,11 @@ func Encode(p Protocol, x []float64, rows, features int) []byte {
 		b = strconv.AppendInt(b, int64(rows), 10)
 		b = append(b, ',')
 		b = strconv.AppendInt(b, int64(features), 10)
-		b = append(b, `],"datatype":"FP32","data":[`...)
-		for i, v := range x[:rows*features] {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = strconv.AppendFloat(b, v, 'g', -1, 64)
-		}
-		b = append(b, "]}]}"...)
+		b = append(b, `],"datatype":"FP32","data":`...)
+		b = ndarray.AppendFlat(b, x[:rows*features], ndarray.Bare)
+		b = append(b, "}]}"...)
 	default:
-		b = append(b, `{"data":{"ndarray":[`...)
-		for r := range rows {
-			if r > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, '[')
-			for c, v := range x[r*features : (r+1)*features] {
-				if c > 0 {
-					b = append(b, ',')
-				}
-				b = strconv.AppendFloat(b, v, 'g', -1, 64)
-			}
-			b = append(b, ']')
-		}
-		b = append(b, "]}}"...)
+		b = ndarray.AppendRequest(b, x, rows, features, ndarray.Bare)
 	}
 	return b
 }

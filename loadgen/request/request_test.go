@@ -2,6 +2,7 @@ package request
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,6 +76,24 @@ func TestEncode(t *testing.T) {
 	}
 	if len(v.Inputs) != 1 || !cmp.Equal(v.Inputs[0].Shape, []int{2, 4}) || v.Inputs[0].Datatype != "FP32" || !cmp.Equal(v.Inputs[0].Data, x) {
 		t.Errorf("v2 body %s", v2)
+	}
+}
+
+// The bodies are the bytes the load client has always sent, a rows CSV's
+// NaN and infinities included (written as strconv writes them, which the
+// model server reads as those values).
+func TestEncodeBytes(t *testing.T) {
+	x := []float64{1, 0.25, -1e-7, math.NaN(), math.Inf(1), math.Inf(-1), math.MaxFloat64, 5e-324, math.Copysign(0, -1), 123456789, 0.1, 1e21}
+	for _, tc := range []struct {
+		p    Protocol
+		want string
+	}{
+		{Seldon, `{"data":{"ndarray":[[1,0.25,-1e-07],[NaN,+Inf,-Inf],[1.7976931348623157e+308,5e-324,-0],[1.23456789e+08,0.1,1e+21]]}}`},
+		{V2, `{"inputs":[{"name":"input-0","shape":[4,3],"datatype":"FP32","data":[1,0.25,-1e-07,NaN,+Inf,-Inf,1.7976931348623157e+308,5e-324,-0,1.23456789e+08,0.1,1e+21]}]}`},
+	} {
+		if got := Encode(tc.p, x, 4, 3); string(got) != tc.want {
+			t.Errorf("%s body\ngot  %s\nwant %s", tc.p, got, tc.want)
+		}
 	}
 }
 

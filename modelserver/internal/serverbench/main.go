@@ -42,6 +42,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/mlscale/mlscale/api/inference"
+	"github.com/mlscale/mlscale/api/ndarray"
 	"github.com/mlscale/mlscale/api/seldon"
 	"github.com/mlscale/mlscale/modelserver/xgboost"
 )
@@ -206,23 +207,10 @@ func (s *server) stop() {
 func seedRows(rows int) ([]byte, []float32) {
 	r := rand.New(rand.NewPCG(42, uint64(rows)))
 	x := make([]float32, rows*4)
-	b := []byte(`{"data":{"ndarray":[`)
-	for i := 0; i < rows; i++ {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, '[')
-		for j := 0; j < 4; j++ {
-			v := 1 + r.IntN(4)
-			x[i*4+j] = float32(v)
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = strconv.AppendInt(b, int64(v), 10)
-		}
-		b = append(b, ']')
+	for i := range x {
+		x[i] = float32(1 + r.IntN(4))
 	}
-	return append(b, "]}}"...), x
+	return ndarray.AppendRequest(nil, x, rows, 4, ndarray.Null), x
 }
 
 // inferenceRate is PredictBatch on one goroutine for about 2s: rows per
