@@ -253,25 +253,38 @@ func (d *Discovery) selected(p *corev1.Pod) bool {
 	return false
 }
 
+// PodReady says whether p serves: running, not terminating, its Ready
+// condition true; since is when it became ready (its start when the
+// condition has no transition time). Discovery scrapes such pods and the
+// PromQL source reads theirs.
+func PodReady(p *corev1.Pod) (since time.Time, ok bool) {
+	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+		return time.Time{}, false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			if c.Status != corev1.ConditionTrue {
+				return time.Time{}, false
+			}
+			since = c.LastTransitionTime.Time
+			if since.IsZero() && p.Status.StartTime != nil {
+				since = p.Status.StartTime.Time
+			}
+			return since, true
+		}
+	}
+	return time.Time{}, false
+}
+
 // targetFor returns p's target if p is selected, running, ready, not
 // terminating, and has an IP.
 func (d *Discovery) targetFor(p *corev1.Pod) (Target, bool) {
-	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || !d.selected(p) {
+	if p.Status.PodIP == "" || !d.selected(p) {
 		return Target{}, false
 	}
-	var readySince time.Time
-	ready := false
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			ready = c.Status == corev1.ConditionTrue
-			readySince = c.LastTransitionTime.Time
-		}
-	}
+	readySince, ready := PodReady(p)
 	if !ready {
 		return Target{}, false
-	}
-	if readySince.IsZero() && p.Status.StartTime != nil {
-		readySince = p.Status.StartTime.Time
 	}
 	port := d.cfg.Port
 	if s := p.Annotations[AnnotationPort]; s != "" {

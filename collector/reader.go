@@ -7,6 +7,7 @@ package collector
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
@@ -18,6 +19,20 @@ var ErrUnknownMetric = errors.New("unknown metric")
 // ErrNoData is returned (wrapped) when no selected pod has a value for the
 // metric yet. "No data" is never reported as zero.
 var ErrNoData = errors.New("no data")
+
+// NoData is the ErrNoData (wrapped) of metric for the pods in namespace
+// matching sel ("<all>" when nil): none of them (pods is 0), or none of the
+// pods had a value.
+func NoData(metric, namespace string, sel labels.Selector, pods int) error {
+	s := "<all>"
+	if sel != nil {
+		s = sel.String()
+	}
+	if pods == 0 {
+		return fmt.Errorf("%w: %s: no ready, warmed-up pod in namespace %q matches %q", ErrNoData, metric, namespace, s)
+	}
+	return fmt.Errorf("%w: %s: none of the %d pods in namespace %q matching %q has a value yet", ErrNoData, metric, pods, namespace, s)
+}
 
 // PodValue is one pod's current value of a served metric.
 type PodValue struct {

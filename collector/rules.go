@@ -25,23 +25,6 @@ const (
 	ComputeLast Compute = "last"
 )
 
-// Aggregation says how pod values combine into one value for a workload
-// (object and external metrics).
-type Aggregation string
-
-const (
-	// AggSum adds pod values: the natural total for rates and in-flight counts.
-	AggSum Aggregation = "sum"
-	// AggAvg is the unweighted mean of pod values.
-	AggAvg Aggregation = "avg"
-	// AggMax is the largest pod value.
-	AggMax Aggregation = "max"
-	// AggPooled pools the histogram increases of all pods before computing
-	// the mean or quantile, so a busy pod weighs more than an idle one (the
-	// exact answer for the workload's traffic as a whole).
-	AggPooled Aggregation = "pooled"
-)
-
 // Rule maps one served metric name to its source series and computation.
 type Rule struct {
 	// Name is the served metric name (what an HPA names).
@@ -57,8 +40,9 @@ type Rule struct {
 	// Labels keeps only the series whose labels equal these; the rest of the
 	// series of the family are added up.
 	Labels map[string]string `json:"labels,omitempty"`
-	// Aggregate combines pods: sum, avg or max; pooled (the default) for
-	// mean and quantile. Default for rate and last: sum.
+	// Aggregate combines pods: sum, mean, max or min (the Aggregation
+	// vocabulary; avg is accepted for mean); pooled (the default) for mean
+	// and quantile. Default for rate and last: sum.
 	Aggregate Aggregation `json:"aggregate,omitempty"`
 }
 
@@ -99,8 +83,12 @@ func (e *RuleError) Error() string {
 	return fmt.Sprintf("rules[%d] %q: field %q: %s", e.Index, name, e.Field, e.Msg)
 }
 
-// withDefaults fills the aggregation a rule's computation implies.
+// withDefaults fills the aggregation a rule's computation implies and
+// spells a given one as the vocabulary does (avg: mean).
 func (r Rule) withDefaults() Rule {
+	if a, err := ParseAggregation(string(r.Aggregate)); err == nil {
+		r.Aggregate = a
+	}
 	if r.Aggregate == "" {
 		switch r.Compute {
 		case ComputeMean, ComputeQuantile:
@@ -151,14 +139,11 @@ func (r Rule) validate(i int) error {
 			return bad("labels", "%q is not a valid label name", k)
 		}
 	}
-	switch r.Aggregate {
-	case AggSum, AggAvg, AggMax:
-	case AggPooled:
-		if r.Compute != ComputeMean && r.Compute != ComputeQuantile {
-			return bad("aggregate", "pooled only applies to compute: mean or quantile")
-		}
-	default:
-		return bad("aggregate", "%q is not one of sum, avg, max, pooled", r.Aggregate)
+	if _, err := ParseAggregation(string(r.Aggregate)); err != nil {
+		return bad("aggregate", "%v", err)
+	}
+	if r.Aggregate == AggPooled && r.Compute != ComputeMean && r.Compute != ComputeQuantile {
+		return bad("aggregate", "pooled only applies to compute: mean or quantile")
 	}
 	return nil
 }

@@ -161,38 +161,3 @@ func bucketQuantile(q float64, bounds, counts []float64) (float64, bool) {
 	}
 	return start + (end-start)*(rank/count), true
 }
-
-// value computes rule r (reading source src) for one pod's samples. Stale
-// data (no sample within staleAfter of now) and windows with nothing to
-// compute (one sample, or no observations for a histogram) give false:
-// "no data" is never 0.
-func value(r *Rule, src int, samples []sample, window, slack, staleAfter time.Duration, now time.Time) (PodValue, bool) {
-	if len(samples) == 0 || now.Sub(samples[len(samples)-1].t) > staleAfter {
-		return PodValue{}, false
-	}
-	s := span(samples, window, slack)
-	switch r.Compute {
-	case ComputeRate:
-		v, t, w, ok := rate(s, src)
-		return PodValue{Value: v, Timestamp: t, Window: w}, ok
-	case ComputeMean:
-		d, ok := histogramDelta(s, src)
-		if !ok || d.count <= 0 {
-			return PodValue{}, false
-		}
-		return PodValue{Value: d.sum / d.count, Timestamp: d.last, Window: d.last.Sub(d.first)}, true
-	case ComputeQuantile:
-		d, ok := histogramDelta(s, src)
-		if !ok {
-			return PodValue{}, false
-		}
-		v, ok := bucketQuantile(r.Quantile, d.bounds, d.counts)
-		return PodValue{Value: v, Timestamp: d.last, Window: d.last.Sub(d.first)}, ok
-	default: // ComputeLast
-		last := &s[len(s)-1]
-		if !last.obs[src].present {
-			return PodValue{}, false
-		}
-		return PodValue{Value: last.obs[src].value, Timestamp: last.t}, true
-	}
-}

@@ -346,7 +346,7 @@ func (s *Server) read(ctx context.Context, t *trigger.Trigger) (float64, int, er
 	var v float64
 	var pods int
 	var err error
-	if t.Aggregation == trigger.Default {
+	if t.Aggregation == "" {
 		var agg collector.Aggregate
 		agg, err = s.reader.AggregateValue(ctx, t.Metric, t.Namespace, sel)
 		if err == nil && agg.Pods == 0 {
@@ -360,7 +360,7 @@ func (s *Server) read(ctx context.Context, t *trigger.Trigger) (float64, int, er
 			err = collector.ErrNoData
 		}
 		if err == nil {
-			v, pods = t.Aggregation.Fold(values), len(values)
+			v, pods = collector.Combine(t.Aggregation, values).Value, len(values)
 		}
 	}
 	switch {

@@ -241,6 +241,12 @@ func TestUnaryRPCs(t *testing.T) {
 				MetricName: "requests_per_second", MetricValue: 4, MetricFloat: 3.75},
 		},
 		{
+			name: "overrides: avg, the collector config's old name for mean",
+			md:   md("deploymentName=iris", "metricName=requests_per_second", "targetValue=5", "aggregation=avg"),
+			want: answer{Active: true, SpecName: "requests_per_second", TargetSize: 5, TargetFloat: 5,
+				MetricName: "requests_per_second", MetricValue: 4, MetricFloat: 3.75},
+		},
+		{
 			name: "overrides: min",
 			md:   md("deploymentName=iris", "metricName=inflight_requests", "targetValue=5", "aggregation=min"),
 			want: answer{Active: false, SpecName: "inflight_requests", TargetSize: 5, TargetFloat: 5,
@@ -409,6 +415,7 @@ func TestMetadataErrors(t *testing.T) {
 		{"negative activation", ref(with("activationValue=-1")), "activationValue: must not be negative"},
 		{"text activation", ref(with("activationValue=lots")), "activationValue"},
 		{"unknown aggregation", ref(with("aggregation=median")), `aggregation: "median" is not one of sum, mean, max, min`},
+		{"pooled aggregation", ref(with("aggregation=pooled")), `aggregation: pooled combines the pods' histograms`},
 		{"typo in a key", ref(with("targetvalue=5")), "unknown metadata key(s) targetvalue"},
 		{"empty ref", &pb.ScaledObjectRef{}, "namespace"},
 	}

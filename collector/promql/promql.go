@@ -17,7 +17,6 @@ import (
 	promapi "github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 
@@ -87,18 +86,6 @@ func (s *Source) rule(metric string) (collector.Rule, error) {
 	return r, nil
 }
 
-func ready(p *corev1.Pod) bool {
-	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
-		return false
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 // podNames lists the ready pods in namespace matching sel.
 func (s *Source) podNames(namespace string, sel labels.Selector) ([]string, error) {
 	if sel == nil {
@@ -110,7 +97,7 @@ func (s *Source) podNames(namespace string, sel labels.Selector) ([]string, erro
 	}
 	var names []string
 	for _, p := range pods {
-		if ready(p) {
+		if _, ok := collector.PodReady(p); ok {
 			names = append(names, p.Name)
 		}
 	}
@@ -140,46 +127,12 @@ func (s *Source) matchers(r collector.Rule, namespace string, pods []string) str
 }
 
 // Query builds the PromQL for rule r over the named pods: one value per pod
-// (perPod) or one for all of them as the rule aggregates workloads.
+// (perPod) or one for all of them as the rule aggregates workloads. The
+// formulas are the collector's (collector.Rule.PromQL), so both sources
+// compute the same thing.
 func (s *Source) Query(r collector.Rule, namespace string, pods []string, perPod bool) string {
-	podGroup := s.opts.NamespaceLabel + ", " + s.opts.PodLabel
-	if perPod {
-		return s.expr(r, namespace, pods, podGroup)
-	}
-	switch r.Aggregate {
-	case collector.AggAvg:
-		return "avg(" + s.expr(r, namespace, pods, podGroup) + ")"
-	case collector.AggMax:
-		return "max(" + s.expr(r, namespace, pods, podGroup) + ")"
-	default: // sum and pooled: add the pods' series before computing
-		return s.expr(r, namespace, pods, "")
-	}
-}
-
-// expr is rule r's expression grouped by group ("" for one group).
-func (s *Source) expr(r collector.Rule, namespace string, pods []string, group string) string {
-	w := "[" + model.Duration(s.opts.Window).String() + "]"
 	sel := "{" + s.matchers(r, namespace, pods) + "}"
-	sum := func(inner string) string {
-		if group == "" {
-			return "sum(" + inner + ")"
-		}
-		return "sum by (" + group + ") (" + inner + ")"
-	}
-	switch r.Compute {
-	case collector.ComputeRate:
-		return sum("rate(" + r.Series + sel + w + ")")
-	case collector.ComputeMean:
-		return sum("rate("+r.Series+"_sum"+sel+w+")") + " / " + sum("rate("+r.Series+"_count"+sel+w+")")
-	case collector.ComputeQuantile:
-		by := "le"
-		if group != "" {
-			by = group + ", le"
-		}
-		return "histogram_quantile(" + strconv.FormatFloat(r.Quantile, 'g', -1, 64) + ", sum by (" + by + ") (rate(" + r.Series + "_bucket" + sel + w + ")))"
-	default: // last
-		return sum(r.Series + sel)
-	}
+	return r.PromQL(sel, model.Duration(s.opts.Window).String(), s.opts.NamespaceLabel+", "+s.opts.PodLabel, perPod)
 }
 
 func (s *Source) query(ctx context.Context, q string) (model.Vector, time.Time, error) {
@@ -197,10 +150,6 @@ func (s *Source) query(ctx context.Context, q string) (model.Vector, time.Time, 
 	return vec, ts, nil
 }
 
-func noData(metric, namespace string, sel labels.Selector, pods int) error {
-	return fmt.Errorf("%w: %s: prometheus has no value for the %d ready pods in namespace %q matching %q", collector.ErrNoData, metric, pods, namespace, sel)
-}
-
 // PodValues implements collector.Reader.
 func (s *Source) PodValues(ctx context.Context, metric, namespace string, sel labels.Selector) ([]collector.PodValue, error) {
 	r, err := s.rule(metric)
@@ -212,7 +161,7 @@ func (s *Source) PodValues(ctx context.Context, metric, namespace string, sel la
 		return nil, err
 	}
 	if len(pods) == 0 {
-		return nil, noData(metric, namespace, sel, 0)
+		return nil, collector.NoData(metric, namespace, sel, 0)
 	}
 	vec, _, err := s.query(ctx, s.Query(r, namespace, pods, true))
 	if err != nil {
@@ -237,7 +186,7 @@ func (s *Source) PodValues(ctx context.Context, metric, namespace string, sel la
 		})
 	}
 	if len(out) == 0 {
-		return nil, noData(metric, namespace, sel, len(pods))
+		return nil, collector.NoData(metric, namespace, sel, len(pods))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Pod < out[j].Pod })
 	return out, nil
@@ -254,14 +203,14 @@ func (s *Source) AggregateValue(ctx context.Context, metric, namespace string, s
 		return collector.Aggregate{}, err
 	}
 	if len(pods) == 0 {
-		return collector.Aggregate{}, noData(metric, namespace, sel, 0)
+		return collector.Aggregate{}, collector.NoData(metric, namespace, sel, 0)
 	}
 	vec, _, err := s.query(ctx, s.Query(r, namespace, pods, false))
 	if err != nil {
 		return collector.Aggregate{}, err
 	}
 	if len(vec) != 1 || math.IsNaN(float64(vec[0].Value)) || math.IsInf(float64(vec[0].Value), 0) {
-		return collector.Aggregate{}, noData(metric, namespace, sel, len(pods))
+		return collector.Aggregate{}, collector.NoData(metric, namespace, sel, len(pods))
 	}
 	window := s.opts.Window
 	if r.Compute == collector.ComputeLast {

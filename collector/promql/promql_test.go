@@ -243,7 +243,7 @@ func TestQuery(t *testing.T) {
 			`sum(rate(h_sum{namespace="ns",pod=~"iris-a|iris\\.b"}[1m])) / sum(rate(h_count{namespace="ns",pod=~"iris-a|iris\\.b"}[1m]))`},
 		{collector.Rule{Series: "h", Compute: collector.ComputeQuantile, Quantile: 0.99, Aggregate: collector.AggMax}, false,
 			`max(histogram_quantile(0.99, sum by (namespace, pod, le) (rate(h_bucket{namespace="ns",pod=~"iris-a|iris\\.b"}[1m]))))`},
-		{collector.Rule{Series: "g", Compute: collector.ComputeLast, Aggregate: collector.AggAvg}, false,
+		{collector.Rule{Series: "g", Compute: collector.ComputeLast, Aggregate: collector.AggMean}, false,
 			`avg(sum by (namespace, pod) (g{namespace="ns",pod=~"iris-a|iris\\.b"}))`},
 	} {
 		if got := src.Query(tc.rule, "ns", pods, tc.perPod); got != tc.want {

@@ -56,58 +56,6 @@ var ownKeys = []string{
 	KeyWakeServiceName,
 }
 
-// Aggregation overrides how the per-pod values of one workload fold into the
-// one number KEDA asks for. Without one the collector's rule decides
-// (collector.Aggregator): sums for rates, in-flight and CPU, and pooled
-// histograms for batch size and p99, exactly as the adapter serves them.
-type Aggregation string
-
-// Aggregations.
-const (
-	// Default is the collector rule's own aggregation.
-	Default Aggregation = ""
-	// Sum suits rates, in-flight counts and CPU: KEDA's default metric type
-	// AverageValue makes the HPA divide the value by the replica count, so the
-	// sum over pods becomes "per pod" on the HPA side.
-	Sum Aggregation = "sum"
-	// Mean is the unweighted mean of the pods' values.
-	Mean Aggregation = "mean"
-	Max  Aggregation = "max"
-	Min  Aggregation = "min"
-)
-
-var aggregations = []Aggregation{Sum, Mean, Max, Min}
-
-// Fold combines pod values (at least one) as a says.
-func (a Aggregation) Fold(values []collector.PodValue) float64 {
-	switch a {
-	case Mean:
-		var s float64
-		for _, v := range values {
-			s += v.Value
-		}
-		return s / float64(len(values))
-	case Max:
-		m := math.Inf(-1)
-		for _, v := range values {
-			m = math.Max(m, v.Value)
-		}
-		return m
-	case Min:
-		m := math.Inf(1)
-		for _, v := range values {
-			m = math.Min(m, v.Value)
-		}
-		return m
-	default:
-		var s float64
-		for _, v := range values {
-			s += v.Value
-		}
-		return s
-	}
-}
-
 // Trigger is one ScaledObject trigger's parsed, validated metadata.
 type Trigger struct {
 	Namespace string
@@ -120,8 +68,15 @@ type Trigger struct {
 	Metric     string
 	Target     float64
 	Activation float64
-	// Aggregation is Default unless the trigger overrides it.
-	Aggregation Aggregation
+	// Aggregation overrides how the per-pod values of the workload fold
+	// into the one number KEDA asks for: sum, mean, max or min
+	// (collector.Combine, the vocabulary of the collector's rules, aliases
+	// such as avg included). "" (the default) is the collector rule's own
+	// aggregation (collector.Aggregator): sums for rates, in-flight and
+	// CPU, and pooled histograms for batch size and p99, exactly as the
+	// adapter serves them. pooled is refused: it needs the pods'
+	// histograms and is already the default of the metrics that pool.
+	Aggregation collector.Aggregation
 	// WakeService is the Service, in Namespace, whose requests held or in
 	// flight at the gateway count as activity (KeyWakeServiceName); "" when
 	// the trigger gives none and does not name its pods by serviceName.
@@ -230,11 +185,11 @@ func Parse(ref *pb.ScaledObjectRef, served []string) (*Trigger, error) {
 	if err != nil {
 		return nil, err
 	}
-	if agg != "" {
-		t.Aggregation = Aggregation(strings.ToLower(agg))
-		if !slices.Contains(aggregations, t.Aggregation) {
-			return nil, Invalid("%s: %q is not one of %s", KeyAggregation, agg, aggregationNames())
-		}
+	if t.Aggregation, err = collector.ParseAggregation(agg); err != nil {
+		return nil, Invalid("%s: %v", KeyAggregation, err)
+	}
+	if t.Aggregation == collector.AggPooled {
+		return nil, Invalid("%s: pooled combines the pods' histograms and is already the default of the metrics whose rule pools (batch size, p99); leave %s unset, or give sum, mean, max or min", KeyAggregation, KeyAggregation)
 	}
 
 	if t.WakeService, err = get(KeyWakeServiceName); err != nil {
@@ -285,14 +240,6 @@ func checkKeys(md map[string]string) error {
 		return Invalid("unknown metadata key(s) %s (known: %s)", strings.Join(unknown, ", "), strings.Join(ownKeys, ", "))
 	}
 	return nil
-}
-
-func aggregationNames() string {
-	s := make([]string, len(aggregations))
-	for i, a := range aggregations {
-		s[i] = string(a)
-	}
-	return strings.Join(s, ", ")
 }
 
 func sorted(s []string) []string {
