@@ -214,15 +214,15 @@ func TestModelServerPods(t *testing.T) {
 					// stays scrapable (README, "Capacity and targets").
 					wantCPU, why := int64(500), "the seed's 500m"
 					if strings.HasPrefix(name, "local") {
-						wantCPU, why = 250, "the local overlays' 250m"
+						wantCPU, why = 200, "the local overlays' 200m"
 						if lim := c.Resources.Limits.Cpu().MilliValue(); lim != wantCPU {
 							t.Errorf("%s: cpu limit %dm, want %dm (= request, Guaranteed)", where, lim, wantCPU)
 						}
 						if mem := c.Resources.Limits.Memory().Value(); mem != 1<<30 {
 							t.Errorf("%s: memory limit %d, want 1Gi", where, mem)
 						}
-						if v, ok := flagValue(c.Args, "max-inflight"); v != "8" {
-							t.Errorf("%s: --max-inflight=%q (set: %v), want 8", where, v, ok)
+						if v, ok := flagValue(c.Args, "max-inflight"); v != "32" {
+							t.Errorf("%s: --max-inflight=%q (set: %v), want 32", where, v, ok)
 						}
 					}
 					if got := c.Resources.Requests.Cpu().MilliValue(); got != wantCPU {

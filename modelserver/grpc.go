@@ -172,7 +172,9 @@ func (s *Server) grpcCall(ctx context.Context, proto int, f func(wk *work) (rows
 	err := s.admit()
 	if err == nil {
 		s.m.inflight.Inc()
+		s.acquire()
 		rows, err = s.callSafely(f)
+		s.releaseSlot()
 		s.m.inflight.Dec()
 		s.release()
 	}

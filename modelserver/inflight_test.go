@@ -33,11 +33,13 @@ func (g gated) PredictBatch(x []float32, rows int, out []float32) error {
 
 const oneRow = `{"data":{"ndarray":[[5.1,3.5,1.4,0.2]]}}`
 
-// TestMaxInflight: with --max-inflight 2 and two requests held in the
-// model, every further prediction request, of every protocol, is refused at
-// once with 503 (gRPC UNAVAILABLE), Retry-After and a message naming the
+// TestMaxInflight: with --max-inflight 3 and 2 workers, two requests held
+// in the model and a third admitted but waiting (not running, counted in
+// flight), every further prediction request, of every protocol, is refused
+// at once with 503 (gRPC UNAVAILABLE), Retry-After and a message naming the
 // flag, and counted by code; /metrics still answers; once the held ones
-// finish, requests are served again. Without a bound nothing is refused.
+// finish, the waiting one runs and requests are served again. Without a
+// bound nothing waits or is refused.
 func TestMaxInflight(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -45,15 +47,15 @@ func TestMaxInflight(t *testing.T) {
 		held int // requests held in the model before probing
 		shed bool
 	}{
-		{name: "bounded", max: 2, held: 2, shed: true},
+		{name: "bounded", max: 3, held: 2, shed: true},
 		{name: "unbounded", max: 0, held: 6, shed: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := gated{Predictor: irisModel(t), entered: make(chan struct{}, 16), open: make(chan struct{})}
-			s, ts := newServer(t, modelserver.Options{Predictor: g, MaxInflight: tc.max})
+			s, ts := newServer(t, modelserver.Options{Predictor: g, MaxInflight: tc.max, Workers: 2})
 			conn := serveGRPC(t, s)
 			var held sync.WaitGroup
-			heldCodes := make(chan int, tc.held)
+			heldCodes := make(chan int, tc.held+1)
 			for i := 0; i < tc.held; i++ {
 				held.Add(1)
 				go func() {
@@ -101,6 +103,28 @@ func TestMaxInflight(t *testing.T) {
 				return
 			}
 
+			// A third is admitted but waits for a worker: it does not run.
+			held.Add(1)
+			go func() {
+				defer held.Done()
+				resp, err := http.Post(ts.URL+"/api/v1.0/predictions", "application/json", strings.NewReader(oneRow))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				resp.Body.Close()
+				heldCodes <- resp.StatusCode
+			}()
+			waitFor(t, func() bool {
+				_, m := get(t, ts.URL+"/metrics")
+				return bytes.Contains(m, []byte(`mlscale_inflight_requests{model="iris"} 3`))
+			})
+			select {
+			case <-g.entered:
+				t.Fatal("a third request ran with 2 workers")
+			case <-time.After(300 * time.Millisecond):
+			}
+
 			// Seldon REST and v2 REST: 503 in the protocol's error form.
 			for _, p := range []struct{ path, body, field string }{
 				{"/api/v1.0/predictions", oneRow, "info"},
@@ -127,7 +151,7 @@ func TestMaxInflight(t *testing.T) {
 						t.Errorf("%s: Seldon status %v", p.path, st)
 					}
 				}
-				if s, _ := msg.(string); !strings.Contains(s, "--max-inflight") || !strings.Contains(s, "2 prediction requests in flight") {
+				if s, _ := msg.(string); !strings.Contains(s, "--max-inflight") || !strings.Contains(s, "3 prediction requests in flight") {
 					t.Errorf("%s: message %q does not say what is full", p.path, msg)
 				}
 				if d := time.Since(start); d > 5*time.Second {
@@ -152,7 +176,7 @@ func TestMaxInflight(t *testing.T) {
 				`mlscale_requests_total{code="503",model="iris",protocol="seldon"} 1`,
 				`mlscale_requests_total{code="503",model="iris",protocol="v2"} 1`,
 				`mlscale_requests_total{code="503",model="iris",protocol="v2-grpc"} 1`,
-				`mlscale_inflight_requests{model="iris"} 2`,
+				`mlscale_inflight_requests{model="iris"} 3`,
 			} {
 				if !bytes.Contains(metrics, []byte(want)) {
 					t.Errorf("/metrics while full lacks %s", want)
@@ -171,5 +195,15 @@ func TestMaxInflight(t *testing.T) {
 				t.Errorf("after the held requests finished: %d %s, want 200", code, body)
 			}
 		})
+	}
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10 s")
+		}
 	}
 }

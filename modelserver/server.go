@@ -78,6 +78,12 @@ type Options struct {
 	// then sheds load instead of queueing it until its memory runs out,
 	// and its /metrics stays answerable. 0 means no bound.
 	MaxInflight int
+	// Workers is how many admitted prediction requests run at once when
+	// MaxInflight is set; the others wait their turn without running
+	// (their bodies unread), so a saturated server's CPU time goes to a
+	// few requests at a time and its /metrics scrape is not queued
+	// behind all of them. 0 means GOMAXPROCS.
+	Workers int
 	// DrainDelay is how long Serve keeps serving after its context is
 	// cancelled, with readiness false, so that endpoints and load
 	// balancers stop sending before the listener closes (what a preStop
@@ -105,8 +111,10 @@ type Server struct {
 	m       *metrics
 	ready   atomic.Bool
 	handler http.Handler
-	// busy counts prediction requests admitted under Options.MaxInflight.
-	busy atomic.Int64
+	// busy counts prediction requests admitted under Options.MaxInflight;
+	// slots holds one token per admitted request running (nil: no bound).
+	busy  atomic.Int64
+	slots chan struct{}
 
 	// Per-protocol series, resolved once: the hot path does no label
 	// lookups for successful requests.
@@ -159,6 +167,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxBodyBytes < 0 || opts.DrainDelay < 0 || opts.ShutdownTimeout < 0 {
 		return nil, errors.New("modelserver: MaxBodyBytes, DrainDelay and ShutdownTimeout must not be negative")
 	}
+	if opts.MaxInflight < 0 || opts.Workers < 0 {
+		return nil, fmt.Errorf("modelserver: MaxInflight (%d) and Workers (%d) must not be negative", opts.MaxInflight, opts.Workers)
+	}
 	if opts.MaxBodyBytes == 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
 	}
@@ -183,6 +194,13 @@ func New(opts Options) (*Server, error) {
 		s.batch[i] = m.batch.WithLabelValues(opts.ModelName, p)
 	}
 	s.free = make(chan *work, 2*runtime.GOMAXPROCS(0))
+	if opts.MaxInflight > 0 {
+		n := opts.Workers
+		if n <= 0 {
+			n = runtime.GOMAXPROCS(0)
+		}
+		s.slots = make(chan struct{}, n)
+	}
 	s.grpcSeldon = make(map[string]prometheus.ObserverVec)
 	for _, m := range []string{methodSeldonPredict, methodModelPredict, methodModelInfer} {
 		s.grpcSeldon[m] = s.seldonCurried(m)
@@ -727,10 +745,12 @@ func (s *Server) instrument(proto int, h func(http.ResponseWriter, *http.Request
 			return
 		}
 		// Deferred, so a handler that panics (net/http recovers it) does
-		// not leave the count or the gauge one up for good.
+		// not leave the count, the gauge or a slot taken for good.
 		defer s.release()
 		s.m.inflight.Inc()
 		defer s.m.inflight.Dec()
+		s.acquire()
+		defer s.releaseSlot()
 		code, rows := h(w, r)
 		d := time.Since(start).Seconds()
 		s.record(proto, code, rows, d)
@@ -760,6 +780,20 @@ func (s *Server) admit() error {
 }
 
 func (s *Server) release() { s.busy.Add(-1) }
+
+// acquire waits for one of Options.Workers' slots (at once when
+// MaxInflight is 0); releaseSlot gives it back.
+func (s *Server) acquire() {
+	if s.slots != nil {
+		s.slots <- struct{}{}
+	}
+}
+
+func (s *Server) releaseSlot() {
+	if s.slots != nil {
+		<-s.slots
+	}
+}
 
 // timeSeldon times a Seldon route that is not a prediction in Seldon's
 // executor histogram only.

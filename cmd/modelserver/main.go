@@ -45,7 +45,7 @@ func run(args []string) error {
 		predictor    = fs.String("predictor-name", os.Getenv("PREDICTOR_ID"), "Seldon predictor name for seldon_api_executor_server_requests_seconds (default $PREDICTOR_ID)")
 		predictorVer = fs.String("predictor-version", "", "Seldon predictor_version label (the predictor's \"version\" annotation)")
 		maxBody      = fs.Int64("max-body-bytes", modelserver.DefaultMaxBodyBytes, "largest request body (also after decompression) or gRPC message accepted; larger ones get 413 / RESOURCE_EXHAUSTED")
-		maxInflight  = fs.Int("max-inflight", 0, "most prediction requests served at once (REST and gRPC); one more is refused at once with 503 / UNAVAILABLE and Retry-After, so an overloaded server sheds load instead of queueing it out of memory; 0: no bound")
+		maxInflight  = fs.Int("max-inflight", 0, "most prediction requests admitted at once (REST and gRPC), GOMAXPROCS of them running and the rest waiting with their bodies unread; one more is refused at once with 503 / UNAVAILABLE and Retry-After, so an overloaded server sheds load instead of queueing it out of memory, and its /metrics is not queued behind it all; 0: no bound")
 		drainDelay   = fs.Duration("drain-delay", 5*time.Second, "after SIGTERM, keep serving this long with readiness false so endpoints stop routing here")
 		shutdownTO   = fs.Duration("shutdown-timeout", 20*time.Second, "after the drain delay, wait this long for in-flight requests")
 		logFormat    = fs.String("log-format", "text", "log format on stderr: text or json")
