@@ -45,16 +45,10 @@ var workloads = map[schema.GroupResource]struct{ kind, apiVersion string }{
 	ServicesResource:          {collector.KindService, "v1"},
 }
 
-// Source is what the provider reads: the collector, or the PromQL source.
-type Source interface {
-	collector.Reader
-	collector.Aggregator
-}
-
 // Provider implements the custom and external metrics providers over a
-// Source.
+// collector.Reader: the scraping collector, or the PromQL source.
 type Provider struct {
-	src      Source
+	src      collector.Reader
 	resolver collector.SelectorResolver
 	latency  *prometheus.HistogramVec
 	demand   DemandReader // see WithDemand; nil: no demand metrics
@@ -67,7 +61,7 @@ var (
 
 // NewProvider serves src; resolver maps workloads to their pods. reg gets
 // the API latency histogram.
-func NewProvider(src Source, resolver collector.SelectorResolver, reg prometheus.Registerer) *Provider {
+func NewProvider(src collector.Reader, resolver collector.SelectorResolver, reg prometheus.Registerer) *Provider {
 	return &Provider{
 		src:      src,
 		resolver: resolver,

@@ -45,8 +45,9 @@ type PodValue struct {
 	Window time.Duration
 }
 
-// Reader is what the adapter and the scaler read. Implementations: the
-// scraping collector and the Prometheus-query source.
+// Reader is what the adapter's provider and the KEDA scaler read: the one
+// interface both front doors import. Implementations: the scraping
+// collector and the Prometheus-query source (collector/promql).
 type Reader interface {
 	// Metrics lists the served metric names.
 	Metrics() []string
@@ -54,6 +55,9 @@ type Reader interface {
 	// namespace matching sel that has data. It fails with ErrUnknownMetric or
 	// ErrNoData (wrapped) rather than returning an empty or zero answer.
 	PodValues(ctx context.Context, metric, namespace string, sel labels.Selector) ([]PodValue, error)
+	// Aggregator gives a workload's value as the metric's rule combines
+	// its pods (the same number for the adapter and the scaler).
+	Aggregator
 }
 
 // Workload kinds SelectorFor resolves. Matching is case-insensitive and also

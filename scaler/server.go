@@ -34,22 +34,6 @@ import (
 	"github.com/mlscale/mlscale/scaler/trigger"
 )
 
-// Reader is what the scaler reads from the collector: collector.Reader for
-// the served names and per-pod values (folded when a trigger overrides the
-// aggregation), collector.Aggregator for the workload value as the metric's
-// rule aggregates it (the same number the adapter serves).
-type Reader interface {
-	Metrics() []string
-	PodValues(ctx context.Context, metric, namespace string, sel labels.Selector) ([]collector.PodValue, error)
-	AggregateValue(ctx context.Context, metric, namespace string, sel labels.Selector) (collector.Aggregate, error)
-}
-
-// Resolver turns a named workload into its pods' selector
-// (collector.SelectorResolver).
-type Resolver interface {
-	SelectorFor(ctx context.Context, kind, namespace, name string) (labels.Selector, error)
-}
-
 // PodCounter says how many pods a selector matches whether or not they have
 // been scraped. With it, "no data because there are no pods" (a workload KEDA
 // scaled to zero: legitimately idle, value 0) is told apart from "pods exist
@@ -66,8 +50,8 @@ const ServiceName = "externalscaler.ExternalScaler"
 type Server struct {
 	pb.UnimplementedExternalScalerServer
 
-	reader   Reader
-	resolver Resolver
+	reader   collector.Reader
+	resolver collector.SelectorResolver
 	pods     PodCounter
 	cfg      Config
 	pending  PendingSource
@@ -86,7 +70,7 @@ var _ pb.ExternalScalerServer = (*Server)(nil)
 // Its metrics are registered on cfg.Registerer (a fresh registry when nil).
 // With cfg.ActivatorService (and no cfg.Pending) it watches the activator's
 // demand until Shutdown.
-func New(reader Reader, resolver Resolver, cfg Config) *Server {
+func New(reader collector.Reader, resolver collector.SelectorResolver, cfg Config) *Server {
 	cfg.defaults()
 	s := &Server{
 		reader:   reader,

@@ -118,7 +118,7 @@ func (alwaysUp) Ready() error   { return nil }
 // MakeSource returns the metrics source: PromQL over --prometheus-url (with
 // its authentication), else the scraping collector, with its loop state and
 // the function that starts it.
-func (a *Adapter) MakeSource(cfg *collector.Config, client kubernetes.Interface, inf informers.SharedInformerFactory, reg prometheus.Registerer) (adapter.Source, adapter.LoopState, func(context.Context), error) {
+func (a *Adapter) MakeSource(cfg *collector.Config, client kubernetes.Interface, inf informers.SharedInformerFactory, reg prometheus.Registerer) (collector.Reader, adapter.LoopState, func(context.Context), error) {
 	if a.PrometheusURL == "" && a.PrometheusClient.URL == "" {
 		col, start, err := collector.NewScraping(client, cfg, reg)
 		if err != nil {
@@ -157,7 +157,7 @@ func (a *Adapter) MakeDemand() (*api.Watcher, string, string, error) {
 
 // MakeScaler returns the embedded KEDA scaler over src, nil without
 // --keda-scaler. It shares the informers' pod lister and the loop's probes.
-func (a *Adapter) MakeScaler(client kubernetes.Interface, src adapter.Source, resolver collector.SelectorResolver, inf informers.SharedInformerFactory, loop adapter.LoopState, reg prometheus.Registerer, pending *api.Watcher) (*scaler.Server, error) {
+func (a *Adapter) MakeScaler(client kubernetes.Interface, src collector.Reader, resolver collector.SelectorResolver, inf informers.SharedInformerFactory, loop adapter.LoopState, reg prometheus.Registerer, pending *api.Watcher) (*scaler.Server, error) {
 	if !a.KEDAScaler {
 		return nil, nil
 	}

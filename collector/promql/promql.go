@@ -41,7 +41,7 @@ func NewOptions() Options {
 	return Options{Window: time.Minute, NamespaceLabel: "namespace", PodLabel: "pod", Timeout: 10 * time.Second}
 }
 
-// Source implements collector.Reader and collector.Aggregator with PromQL.
+// Source implements collector.Reader with PromQL.
 type Source struct {
 	api   promv1.API
 	opts  Options
@@ -51,10 +51,7 @@ type Source struct {
 	now   func() time.Time
 }
 
-var (
-	_ collector.Reader     = (*Source)(nil)
-	_ collector.Aggregator = (*Source)(nil)
-)
+var _ collector.Reader = (*Source)(nil)
 
 // New queries the Prometheus at client for rules. pods lists the cluster's
 // pods: Prometheus series carry pod names, not pod labels, so a label
