@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -103,7 +104,15 @@ type Deps struct {
 	Recorder record.EventRecorder
 	// Registerer gets mlscale_burst_scale_ups_total.
 	Registerer prometheus.Registerer
+	// Wake, when set, returns a channel closed when new demand arrives
+	// (api.Watcher.Updated): the HPAs are evaluated then too, at most every
+	// WakeGap, not only every Interval.
+	Wake func() <-chan struct{}
 }
+
+// WakeGap is the shortest gap between two evaluations woken by new demand:
+// the activator sends a moving rate every api.Poll (100 ms).
+const WakeGap = 100 * time.Millisecond
 
 // Controller bursts opted-in HPAs' workloads. Run it once per process.
 type Controller struct {
@@ -116,8 +125,9 @@ type Controller struct {
 
 	mu      sync.Mutex
 	state   map[string]State
-	badAnn  map[string]string // HPA -> annotation value already reported
-	lastErr map[string]string // HPA -> the last evaluation error reported
+	scales  map[string]cachedScale // HPA -> its target's /scale, read within Interval
+	badAnn  map[string]string      // HPA -> annotation value already reported
+	lastErr map[string]string      // HPA -> the last evaluation error reported
 }
 
 // New builds a Controller.
@@ -144,32 +154,64 @@ func New(cfg Config, d Deps) (*Controller, error) {
 			Help: "Evaluations of opted-in HPAs that could not decide, by reason (stale: no fresh demand; error: reading the HPA's target failed).",
 		}, []string{"reason"}),
 		state:   map[string]State{},
+		scales:  map[string]cachedScale{},
 		badAnn:  map[string]string{},
 		lastErr: map[string]string{},
 	}, nil
 }
 
-// Run evaluates every opted-in HPA each Interval until ctx ends.
+// cachedScale is a /scale read and when.
+type cachedScale struct {
+	sc *autoscalingv1.Scale
+	at time.Time
+}
+
+// Run evaluates every opted-in HPA each Interval, when Wake says new demand
+// arrived (at most every WakeGap), and at the moment a hold in progress
+// would be satisfied, until ctx ends.
 func (c *Controller) Run(ctx context.Context) {
 	t := time.NewTicker(c.cfg.Interval)
 	defer t.Stop()
+	hold := time.NewTimer(time.Hour)
+	hold.Stop()
+	defer hold.Stop()
+	var wake <-chan struct{}
+	if c.d.Wake != nil {
+		wake = c.d.Wake()
+	}
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.EvaluateAll(ctx)
+		case <-hold.C:
+		case <-wake:
+			wake = c.d.Wake()
+			if d := WakeGap - time.Since(last); d > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(d):
+				}
+			}
+		}
+		last = time.Now()
+		if next := c.EvaluateAll(ctx); !next.IsZero() {
+			hold.Reset(max(time.Until(next), 0))
 		}
 	}
 }
 
-// EvaluateAll evaluates each opted-in HPA once.
-func (c *Controller) EvaluateAll(ctx context.Context) {
+// EvaluateAll evaluates each opted-in HPA once. It returns the earliest
+// moment a hold in progress will be satisfied (zero: none).
+func (c *Controller) EvaluateAll(ctx context.Context) time.Time {
 	hpas, err := c.d.HPAs.List(labels.Everything())
 	if err != nil {
 		klog.ErrorS(err, "Listing HPAs for burst")
-		return
+		return time.Time{}
 	}
+	var next time.Time
 	seen := map[string]bool{}
 	for _, h := range hpas {
 		if _, ok := h.Annotations[Annotation]; !ok {
@@ -178,7 +220,9 @@ func (c *Controller) EvaluateAll(ctx context.Context) {
 		key := h.Namespace + "/" + h.Name
 		seen[key] = true
 		cctx, cancel := context.WithTimeout(ctx, max(c.cfg.Interval, time.Second))
-		c.Evaluate(cctx, h)
+		if h := c.Evaluate(cctx, h); !h.IsZero() && (next.IsZero() || h.Before(next)) {
+			next = h
+		}
 		cancel()
 	}
 	c.mu.Lock()
@@ -186,9 +230,11 @@ func (c *Controller) EvaluateAll(ctx context.Context) {
 		if !seen[k] {
 			delete(c.state, k)
 			delete(c.lastErr, k)
+			delete(c.scales, k)
 		}
 	}
 	c.mu.Unlock()
+	return next
 }
 
 // target is one metric of an HPA the burst reads, with where to read it.
@@ -264,8 +310,36 @@ func valueTarget(t autoscalingv2.MetricTarget) (Target, bool) {
 	return Target{}, false
 }
 
-// Evaluate decides for one HPA and applies a burst.
-func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPodAutoscaler) {
+// scale reads the /scale of h's target: the one read within Interval when
+// fresh is false and there is one (an evaluation woken by demand every
+// 100 ms reads the API server no more often than the ticker's would).
+func (c *Controller) scale(ctx context.Context, key string, gr schema.GroupResource, ns, name string, fresh bool) (*autoscalingv1.Scale, bool, error) {
+	now := c.now()
+	c.mu.Lock()
+	cs, ok := c.scales[key]
+	c.mu.Unlock()
+	if !fresh && ok && now.Sub(cs.at) < c.cfg.Interval && cs.sc.Name == name {
+		return cs.sc.DeepCopy(), true, nil
+	}
+	sc, err := c.d.Scales.Scales(ns).Get(ctx, gr, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, false, err
+	}
+	c.mu.Lock()
+	c.scales[key] = cachedScale{sc: sc.DeepCopy(), at: now}
+	c.mu.Unlock()
+	return sc, false, nil
+}
+
+func (c *Controller) forgetScale(key string) {
+	c.mu.Lock()
+	delete(c.scales, key)
+	c.mu.Unlock()
+}
+
+// Evaluate decides for one HPA and applies a burst. It returns when the
+// hold in progress will be satisfied (zero: none in progress).
+func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPodAutoscaler) time.Time {
 	key := h.Namespace + "/" + h.Name
 	ann := h.Annotations[Annotation]
 	p, err := ParsePolicy(ann)
@@ -277,28 +351,28 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 		if !reported {
 			c.d.Recorder.Event(h, corev1.EventTypeWarning, ReasonBadBurstSpec, err.Error())
 		}
-		return
+		return time.Time{}
 	}
 	ref := h.Spec.ScaleTargetRef
 	gr, err := c.resource(ref)
 	if err != nil {
 		c.fail(h, "error", fmt.Errorf("resolving scaleTargetRef %s %s: %w", ref.Kind, ref.Name, err))
-		return
+		return time.Time{}
 	}
-	sc, err := c.d.Scales.Scales(h.Namespace).Get(ctx, gr, ref.Name, metav1.GetOptions{})
+	sc, cached, err := c.scale(ctx, key, gr, h.Namespace, ref.Name, false)
 	if err != nil {
 		c.fail(h, "error", fmt.Errorf("reading /scale of %s %s: %w", gr, ref.Name, err))
-		return
+		return time.Time{}
 	}
 	podSel, err := labels.Parse(sc.Status.Selector)
 	if err != nil || sc.Status.Selector == "" {
 		c.fail(h, "error", fmt.Errorf("/scale of %s %s has no usable selector %q", gr, ref.Name, sc.Status.Selector))
-		return
+		return time.Time{}
 	}
 	ts, err := c.targets(ctx, h, podSel)
 	if err != nil {
 		c.fail(h, "error", err)
-		return
+		return time.Time{}
 	}
 	in := Input{
 		Now:       c.now(),
@@ -315,7 +389,7 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 	in.Ready, err = c.ready(h.Namespace, podSel)
 	if err != nil {
 		c.fail(h, "error", err)
-		return
+		return time.Time{}
 	}
 	for _, t := range ts {
 		in.Targets = append(in.Targets, t.Target)
@@ -327,9 +401,23 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 		in.Readings = append(in.Readings, r)
 	}
 	c.mu.Lock()
-	st := c.state[key]
+	st0 := c.state[key]
 	c.mu.Unlock()
-	d, st := Decide(p, in, st)
+	d, st := Decide(p, in, st0)
+	if d.Burst(in) && cached {
+		// Write only over a /scale read now: its replicas and
+		// resourceVersion, and the decision over its count.
+		fresh, _, err := c.scale(ctx, key, gr, h.Namespace, ref.Name, true)
+		if err != nil {
+			c.fail(h, "error", fmt.Errorf("reading /scale of %s %s: %w", gr, ref.Name, err))
+			return time.Time{}
+		}
+		sc = fresh
+		if in.Current != sc.Spec.Replicas {
+			in.Current = sc.Spec.Replicas
+			d, st = Decide(p, in, st0)
+		}
+	}
 	defer func() {
 		c.mu.Lock()
 		c.state[key] = st
@@ -347,8 +435,12 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 			c.skipped.WithLabelValues("stale").Inc()
 		}
 		klog.V(5).InfoS("No burst", "hpa", klog.KObj(h), "why", d.Reason)
-		return
+		if d.HoldEnds.After(in.Now) {
+			return d.HoldEnds
+		}
+		return time.Time{}
 	}
+	defer c.forgetScale(key)
 	from := sc.Spec.Replicas
 	sc.Spec.Replicas = d.Desired
 	// Update carries the resourceVersion just read: if the HPA (or anyone)
@@ -356,7 +448,7 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 	// starts from their count instead of overwriting it.
 	if _, err := c.d.Scales.Scales(h.Namespace).Update(ctx, gr, sc, metav1.UpdateOptions{}); err != nil {
 		c.fail(h, "error", fmt.Errorf("scaling %s %s from %d to %d: %w", gr, ref.Name, from, d.Desired, err))
-		return
+		return time.Time{}
 	}
 	c.clearErr(key)
 	st = st.Scaled(in.Now, from, d.Desired)
@@ -367,6 +459,7 @@ func (c *Controller) Evaluate(ctx context.Context, h *autoscalingv2.HorizontalPo
 	c.scaleUps.WithLabelValues(h.Namespace, h.Name).Inc()
 	c.d.Recorder.Event(h, corev1.EventTypeNormal, ReasonBurst, d.Reason)
 	klog.InfoS("Burst", "hpa", klog.KObj(h), "target", klog.KRef(h.Namespace, ref.Name), "from", from, "to", d.Desired, "why", d.Reason)
+	return time.Time{}
 }
 
 func (c *Controller) clearErr(key string) {

@@ -383,3 +383,44 @@ func TestControllerRepeatedFailure(t *testing.T) {
 		t.Fatalf("mlscale_burst_skipped_total{reason=\"error\"} = %v, want 5", v)
 	}
 }
+
+// Run evaluates when Wake says new demand arrived and again when the hold
+// ends, not only every Interval (an hour here, so only those can act).
+func TestControllerRunWakesAndEndsHold(t *testing.T) {
+	f := newFixture(t, burstHPA("iris", "apps/v1", "Deployment", "threshold=200%,hold=1s"))
+	wake := make(chan struct{})
+	var mu sync.Mutex
+	d := f.c.d
+	d.Registerer = prometheus.NewRegistry()
+	d.Wake = func() <-chan struct{} { mu.Lock(); defer mu.Unlock(); return wake }
+	cfg := NewConfig()
+	cfg.Interval = time.Hour
+	c, err := New(cfg, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	// The step arrives: 24/s on one pod sized for 4/s, fresh for the 3 s
+	// max-age beyond the 1 s hold.
+	f.demand.set("requests_per_second", Reading{Value: 24, At: time.Now().Add(time.Second)})
+	// Snapshots arrive every 300 ms for 600 ms, then stop: only the hold
+	// timer can act at 1 s.
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; f.scales.replicas("deployments/iris") != 6; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no burst 10 s after the demand arrived (updates %v, events %v)", f.scales.updates, f.events())
+		}
+		if i < 3 {
+			mu.Lock()
+			close(wake)
+			wake = make(chan struct{})
+			mu.Unlock()
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}

@@ -41,8 +41,12 @@ func read(r ServiceDemandReader, now time.Time, namespace, service string) (api.
 // demand at the edge: requests arriving per second, held and refused ones
 // included, which exist before the pods catch up and do not saturate with
 // them.
+// The higher of the two windows' rates is the demand, as Knative's KPA uses
+// its panic window's when that is higher: after a step the recent window
+// (api.RecentWindow, 1 s) reads the new rate in full within a second, while
+// the activator's demand window (3 s) is still ramping.
 var arrivalsFor = map[string]func(api.Demand) float64{
-	"requests_per_second": func(d api.Demand) float64 { return d.ArrivalsPerSecond },
+	"requests_per_second": func(d api.Demand) float64 { return max(d.ArrivalsPerSecond, d.RecentArrivalsPerSecond) },
 }
 
 // EdgeDemand reads demand from the edge where it can: for a metric in

@@ -61,8 +61,14 @@ func Setup(cfg Config, restCfg *rest.Config, inf informers.SharedInformerFactory
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "mlscale-burst"})
 	floors := NewFloors()
 	var demand Demand = CollectorDemand{Source: src}
+	var wake func() <-chan struct{}
 	if o.arrivals != nil {
 		demand = EdgeDemand{Pods: demand, Arrivals: o.arrivals, Services: inf.Core().V1().Services().Lister()}
+		// A snapshot pushed by the activator (api.Watcher) is evaluated
+		// when it arrives, not at the next tick.
+		if u, ok := o.arrivals.(interface{ Updated() <-chan struct{} }); ok {
+			wake = u.Updated
+		}
 	}
 	c, err := New(cfg, Deps{
 		HPAs:       inf.Autoscaling().V2().HorizontalPodAutoscalers().Lister(),
@@ -74,6 +80,7 @@ func Setup(cfg Config, restCfg *rest.Config, inf informers.SharedInformerFactory
 		Floors:     floors,
 		Recorder:   recorder,
 		Registerer: reg,
+		Wake:       wake,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("burst: %w", err)

@@ -9,9 +9,11 @@
 // newline-delimited JSON, one Snapshot per line: the current state at once,
 // then a new Snapshot within MinGap of every change in held requests (a
 // request held at zero endpoints reaches the watcher at once, so KEDA can
-// be told "active" without waiting for a poll), and at least every
-// Heartbeat otherwise (the arrival rate moves continuously). A watcher
-// treats a replica silent for longer than StaleAfter as gone.
+// be told "active" without waiting for a poll), within Poll of an arrival
+// rate that Moved (a load step reaches the adapter's burst controller in
+// about 100 ms, not on the next heartbeat), and at least every Heartbeat
+// otherwise. A watcher treats a replica silent for longer than StaleAfter
+// as gone.
 package api
 
 import (
@@ -40,6 +42,13 @@ const (
 	StaleAfter = 5 * Heartbeat
 	// MaxLine bounds one snapshot on the wire (about 20,000 Services).
 	MaxLine = 4 << 20
+	// Poll is how often a stream checks whether the arrival rates Moved;
+	// the rates move in BucketWidth steps.
+	Poll = BucketWidth
+	// RateStep and MinRateStep: a rate that moved by this fraction and
+	// this many requests/s is sent at the next Poll (Moved).
+	RateStep    = 0.1
+	MinRateStep = 0.5
 )
 
 // Demand is one Service's demand at one activator replica.
@@ -143,21 +152,36 @@ func Handler(src Source, done <-chan struct{}) http.Handler {
 		enc := json.NewEncoder(w)
 		heartbeat := time.NewTimer(0)
 		defer heartbeat.Stop()
-		var changed <-chan struct{}
-		for {
-			changed = src.Changed()
-			if err := enc.Encode(src.Snapshot()); err != nil {
-				return
+		poll := time.NewTicker(Poll)
+		defer poll.Stop()
+		var last Snapshot
+		send := func(s Snapshot) bool {
+			if err := enc.Encode(s); err != nil {
+				return false
 			}
 			if err := rc.Flush(); err != nil {
-				return
+				return false
 			}
+			last = s
 			heartbeat.Reset(Heartbeat)
+			return true
+		}
+		changed := src.Changed()
+		if !send(src.Snapshot()) {
+			return
+		}
+		for {
 			select {
 			case <-r.Context().Done():
 				return
 			case <-done:
 				return
+			case <-poll.C:
+				// The arrival rate moves continuously: sent when it
+				// moved enough to matter, not only on the heartbeat.
+				if !Moved(last, src.Snapshot()) {
+					continue
+				}
 			case <-heartbeat.C:
 			case <-changed:
 				// Coalesce a burst of changes into one snapshot.
@@ -169,8 +193,38 @@ func Handler(src Source, done <-chan struct{}) http.Handler {
 				case <-time.After(MinGap):
 				}
 			}
+			changed = src.Changed()
+			if !send(src.Snapshot()) {
+				return
+			}
 		}
 	})
+}
+
+// Moved reports whether cur's arrival rates differ enough from prev's to
+// send cur before the heartbeat: a Service added or gone, or either rate
+// of one moved by at least RateStep of the larger value and at least
+// MinRateStep requests/s. A step from 1 to 24 requests/s is then sent every
+// Poll while it ramps through the windows; a steady rate's jitter is not.
+func Moved(prev, cur Snapshot) bool {
+	if len(prev.Services) != len(cur.Services) {
+		return true
+	}
+	for i, c := range cur.Services {
+		p := prev.Services[i]
+		if p.Key() != c.Key() {
+			return true
+		}
+		if rateMoved(p.ArrivalsPerSecond, c.ArrivalsPerSecond) || rateMoved(p.RecentArrivalsPerSecond, c.RecentArrivalsPerSecond) {
+			return true
+		}
+	}
+	return false
+}
+
+func rateMoved(a, b float64) bool {
+	d := math.Abs(a - b)
+	return d >= MinRateStep && d >= RateStep*max(a, b)
 }
 
 // Watch reads the stream at url, calling fn with every snapshot, until ctx

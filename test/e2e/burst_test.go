@@ -177,7 +177,11 @@ type edgeDemand struct {
 func watchActivatorDemand(t *testing.T, ctx context.Context, namespace, service string) *edgeDemand {
 	t.Helper()
 	e := &edgeDemand{}
-	for _, p := range waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=activator", 1, time.Minute) {
+	pods, err := readyPods(ctx, "mlscale", "app.kubernetes.io/name=activator")
+	if err != nil || len(pods) == 0 {
+		t.Fatalf("no ready activator to follow (%v)", err)
+	}
+	for _, p := range pods {
 		url := "http://" + net.JoinHostPort(p.Status.PodIP, "8081") + api.Path
 		go func() {
 			_ = api.Watch(ctx, http.DefaultClient, url, func(s api.Snapshot) {

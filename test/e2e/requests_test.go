@@ -55,20 +55,31 @@ func onePrediction(path string) func(context.Context) error {
 	}
 }
 
-// run sends with send at the current rate until ctx ends.
+// run sends with send at the current rate until ctx ends. A new rate takes
+// effect within 20 ms: the gap since the last request is measured against
+// the current rate while waiting, so a step from 1/s starts at once instead
+// of after the baseline's one-second gap.
 func (l *openLoop) run(ctx context.Context, send func(context.Context) error) {
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
-		next := time.Now()
+		last := time.Now().Add(-time.Second / time.Duration(l.rate.Load()))
 		for ctx.Err() == nil {
-			next = next.Add(time.Second / time.Duration(l.rate.Load()))
+			gap := time.Second / time.Duration(l.rate.Load())
+			next := last.Add(gap)
 			if d := time.Until(next); d > 0 {
 				select {
 				case <-ctx.Done():
 					return
-				case <-time.After(d):
+				case <-time.After(min(d, 20*time.Millisecond)):
 				}
+				continue
+			}
+			// Behind by more than a gap (a step up from a slow rate):
+			// start from now rather than send the missed ones at once.
+			last = next
+			if time.Since(last) > gap {
+				last = time.Now()
 			}
 			l.wg.Add(1)
 			go func() {
