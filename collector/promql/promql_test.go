@@ -26,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	corelisters "k8s.io/client-go/listers/core/v1"
 
 	"github.com/mlscale/mlscale/collector"
 	"github.com/mlscale/mlscale/internal/testenv"
@@ -149,6 +150,9 @@ func TestSourceAgainstPrometheus(t *testing.T) {
 	defer cancel()
 	a, b := startEndpoint(t, ctx, 20), startEndpoint(t, ctx, 10)
 	promURL := startPrometheus(t, ctx, time.Second, map[string]string{"iris-a": a.url, "iris-b": b.url})
+	// The in-process collector scrapes the same pods, to hold the PromQL
+	// formulas to collector/compute.go's.
+	col := startCollector(t, ctx, map[string]string{"iris-a": a.url, "iris-b": b.url})
 
 	notReady := readyPod("iris-c")
 	notReady.Status.Conditions[0].Status = corev1.ConditionFalse
@@ -219,6 +223,10 @@ func TestSourceAgainstPrometheus(t *testing.T) {
 		}
 	}
 
+	t.Run("agrees with the collector", func(t *testing.T) {
+		agreesWithCollector(t, ctx, pc, lister, opts, col, sel)
+	})
+
 	// Prometheus gone: an error that is not "no data".
 	down, _ := promapi.NewClient(promapi.Config{Address: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))})
 	dsrc, _ := New(down, collector.DefaultRules(), lister, opts)
@@ -248,6 +256,82 @@ func TestQuery(t *testing.T) {
 	} {
 		if got := src.Query(tc.rule, "ns", pods, tc.perPod); got != tc.want {
 			t.Errorf("Query =\n  %s\nwant\n  %s", got, tc.want)
+		}
+	}
+}
+
+// aggregationVariants is every default rule under every aggregation of the
+// vocabulary its computation allows, named <rule>.<aggregation>.
+func aggregationVariants() []collector.Rule {
+	var out []collector.Rule
+	for _, r := range collector.DefaultRules() {
+		for _, agg := range collector.Aggregations {
+			if agg == collector.AggPooled && r.Compute != collector.ComputeMean && r.Compute != collector.ComputeQuantile {
+				continue
+			}
+			v := r
+			v.Name, v.Aggregate = r.Name+"."+string(agg), agg
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// startCollector runs the scraping collector over targets (pod name → URL)
+// in namespace models, serving aggregationVariants.
+func startCollector(t testing.TB, ctx context.Context, targets map[string]string) *collector.Collector {
+	t.Helper()
+	col, err := collector.New(collector.NewOptions(), aggregationVariants(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pod, u := range targets {
+		col.Upsert(collector.Target{Namespace: "models", Name: pod, Labels: labels.Set{"app": "iris"}, URL: u + "/metrics", ReadySince: time.Now().Add(-time.Hour)})
+	}
+	go col.Run(ctx)
+	return col
+}
+
+// agreesWithCollector holds the PromQL source to the in-process collector
+// over the same pods: per pod and per workload, for every rule under every
+// aggregation (Rule.PromQL against compute.go), the same value (within the
+// two windows' difference) or the same "no data".
+func agreesWithCollector(t *testing.T, ctx context.Context, pc promapi.Client, lister corelisters.PodLister, opts Options, col *collector.Collector, sel labels.Selector) {
+	src, err := New(pc, aggregationVariants(), lister, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return col.Ready() == nil, nil
+	}); err != nil {
+		t.Fatalf("collector not ready: %v", col.Ready())
+	}
+	close := func(a, b float64) bool { return math.Abs(a-b) <= 0.15*math.Max(math.Abs(a), math.Abs(b)) }
+	for _, r := range aggregationVariants() {
+		pv, perr := src.AggregateValue(ctx, r.Name, "models", sel)
+		cv, cerr := col.AggregateValue(ctx, r.Name, "models", sel)
+		switch {
+		case errors.Is(cerr, collector.ErrNoData) && errors.Is(perr, collector.ErrNoData):
+		case cerr != nil || perr != nil:
+			t.Errorf("%s: collector %v, prometheus %v; want both values or both no data", r.Name, cerr, perr)
+		case !close(cv.Value, pv.Value):
+			t.Errorf("%s: collector %.4g, prometheus %.4g; want within 15%%", r.Name, cv.Value, pv.Value)
+		}
+	}
+	for _, r := range collector.DefaultRules() {
+		pvs, perr := src.PodValues(ctx, r.Name+"."+string(collector.AggSum), "models", sel)
+		cvs, cerr := col.PodValues(ctx, r.Name+"."+string(collector.AggSum), "models", sel)
+		if errors.Is(cerr, collector.ErrNoData) && errors.Is(perr, collector.ErrNoData) {
+			continue
+		}
+		if cerr != nil || perr != nil || len(cvs) != len(pvs) {
+			t.Errorf("%s per pod: collector %+v, %v; prometheus %+v, %v", r.Name, cvs, cerr, pvs, perr)
+			continue
+		}
+		for i := range cvs {
+			if cvs[i].Pod != pvs[i].Pod || !close(cvs[i].Value, pvs[i].Value) {
+				t.Errorf("%s per pod: collector %s=%.4g, prometheus %s=%.4g", r.Name, cvs[i].Pod, cvs[i].Value, pvs[i].Pod, pvs[i].Value)
+			}
 		}
 	}
 }
