@@ -13,8 +13,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -32,17 +30,13 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mlscale/mlscale/activator"
+	"github.com/mlscale/mlscale/internal/cli"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "activator:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("activator", run) }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("activator", flag.ContinueOnError)
+	fs := cli.FlagSet("activator", "")
 	cfg := activator.NewConfig()
 	var (
 		listen      = fs.String("listen", ":8080", "proxy listen address (HTTP/1.1 and h2c)")
@@ -61,14 +55,8 @@ func run(args []string) error {
 	fs.Int64Var(&cfg.MaxRetryBody, "max-retry-body", cfg.MaxRetryBody, "largest request body kept for a retry; larger ones are streamed and not retried")
 	fs.DurationVar(&cfg.DemandWindow, "demand-window", cfg.DemandWindow, "window of the per-Service arrival rate")
 	fixed := fs.String("front", "", "front exactly this namespace/name Service and route every request to it, whatever its annotations (an ingress in front of the activator)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := cli.Parse(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if *fixed != "" {
 		cfg.Fixed = strings.Split(*fixed, ",")

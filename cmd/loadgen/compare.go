@@ -3,12 +3,12 @@ package main
 import (
 	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/mlscale/mlscale/internal/cli"
 	"github.com/mlscale/mlscale/loadgen/chart"
 	"github.com/mlscale/mlscale/loadgen/compare"
 )
@@ -25,8 +25,7 @@ Flags:
 `
 
 func runCompare(args []string) error {
-	fs := flag.NewFlagSet("loadgen compare", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), compareUsage); fs.PrintDefaults() }
+	fs := cli.FlagSet("loadgen compare", compareUsage)
 	var (
 		slo      = fs.Duration("slo", 500*time.Millisecond, "p99 latency SLO")
 		window   = fs.Duration("window", 5*time.Second, "p99 is computed over requests starting in windows of this length")
@@ -36,9 +35,6 @@ func runCompare(args []string) error {
 		out      = fs.String("out", ".", "directory for compare.md and compare.png")
 	)
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
 	if fs.NArg() == 0 {

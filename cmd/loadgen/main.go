@@ -6,8 +6,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -21,6 +19,7 @@ import (
 	"golang.org/x/term"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/mlscale/mlscale/internal/cli"
 	"github.com/mlscale/mlscale/loadgen"
 	"github.com/mlscale/mlscale/loadgen/progress"
 	"github.com/mlscale/mlscale/loadgen/replicas"
@@ -59,15 +58,7 @@ Ctrl-C exits at once.
 Flags:
 `
 
-func main() {
-	if err := runMain(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "loadgen:", err)
-		if errors.Is(err, context.Canceled) {
-			os.Exit(130)
-		}
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("loadgen", runMain) }
 
 func runMain(args []string) error {
 	if len(args) > 0 && args[0] == "tune" {
@@ -76,8 +67,7 @@ func runMain(args []string) error {
 	if len(args) > 0 && args[0] == "compare" {
 		return runCompare(args[1:])
 	}
-	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
+	fs := cli.FlagSet("loadgen", usage)
 	var (
 		scenarioPath = fs.String("scenario", "scenarios/seed.yaml", "scenario YAML")
 		scale        = fs.Float64("scale", 1, "multiply data_amount, durations and pauses by this (0.02 turns the seed's 1500 requests per task into 30)")
@@ -104,14 +94,8 @@ func runMain(args []string) error {
 		slo          = fs.Duration("slo", 0, "latency SLO to mark on the chart, with the p99 of every 5 s (0: none)")
 		cpuProfile   = fs.String("cpuprofile", "", "write the load client's own CPU profile here (is the generator the bottleneck?)")
 	)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := cli.Parse(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,6 +14,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/mlscale/mlscale/internal/cli"
 	"github.com/mlscale/mlscale/loadgen/request"
 	"github.com/mlscale/mlscale/loadgen/tune"
 )
@@ -47,8 +47,7 @@ Flags:
 `
 
 func runTune(args []string) error {
-	fs := flag.NewFlagSet("loadgen tune", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), tuneUsage); fs.PrintDefaults() }
+	fs := cli.FlagSet("loadgen tune", tuneUsage)
 	var (
 		target     = fs.String("url", "", "the pod's model server (bare address: the protocol's path is added)")
 		metricsURL = fs.String("metrics-url", "", "the pod's /metrics (default: --url's host with /metrics; \"none\": client-side figures only, no CPU)")
@@ -76,14 +75,8 @@ func runTune(args []string) error {
 		out        = fs.String("out", "", "results directory (default results/tune-<UTC time>)")
 		fromSteps  = fs.String("from-steps", "", "compute the knees, the choice and the manifests again from a recorded steps.csv (no load sent)")
 	)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := cli.Parse(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	var mixes []int
 	for _, f := range strings.Split(*rowsFlag, ",") {

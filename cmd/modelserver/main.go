@@ -11,7 +11,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,19 +21,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mlscale/mlscale/internal/cli"
 	"github.com/mlscale/mlscale/modelserver"
 	"github.com/mlscale/mlscale/modelserver/xgboost"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "modelserver:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("modelserver", run) }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("modelserver", flag.ContinueOnError)
+	fs := cli.FlagSet("modelserver", "")
 	var (
 		modelPath    = fs.String("model", "", "model file: XGBoost JSON, UBJSON or a joblib-pickled Booster (format detected from content); required")
 		listen       = fs.String("listen", ":9000", "address to serve HTTP on (Seldon's REST port is 9000)")
@@ -50,14 +45,8 @@ func run(args []string) error {
 		shutdownTO   = fs.Duration("shutdown-timeout", 20*time.Second, "after the drain delay, wait this long for in-flight requests")
 		logFormat    = fs.String("log-format", "text", "log format on stderr: text or json")
 	)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := cli.Parse(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if *modelPath == "" {
 		return errors.New("--model is required")
