@@ -60,6 +60,11 @@ demo-cluster: build certs ## The seed's experiment on the local cluster (root): 
 	@$(MAKE) --no-print-directory cluster-build CLUSTER_WITH='$(if $(filter keda,$(SCALING)),keda)'
 	SCALING='$(SCALING)' scripts/demo-cluster.sh
 
+.PHONY: tune-cluster
+tune-cluster: build certs ## `loadgen tune` through the local cluster's gateway against one pod of local-tuned (root; CPU_LIMIT, the pods' limit, default 200m), results/tune-<time>/.
+	@$(MAKE) --no-print-directory cluster-build CLUSTER_WITH=
+	scripts/tune-cluster.sh
+
 E2E_TIMEOUT ?= 60m
 # What `make demo` scales on: tuned (the rows/s HPA `loadgen tune`
 # measured), requests (requests_per_second, 4 per pod), cpu (the seed's 40%

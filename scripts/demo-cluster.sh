@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo on the local cluster: start the real control plane, the process
 # node and the gateway (bin/localcluster up), deploy an overlay (model server
-# limited to 100m CPU by the node's cgroups + autoscaler + adapter), run the
+# limited to 250m CPU by the node's cgroups + autoscaler + adapter), run the
 # seed's scenario through the gateway with replica sampling, write
 # results/<UTC time>/, and tear everything down, also on Ctrl-C. Needs root
 # (pod addresses, mounts, cgroups).
@@ -24,6 +24,7 @@
 # state directory). Extra arguments go to loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/localcluster-lib.sh
 
 BIN=${BIN:-bin}
 SCALING=${SCALING:-tuned}
@@ -46,39 +47,19 @@ STATE=${STATE:-$(mktemp -d /tmp/mlscale-demo-XXXXXX)/run}
 GATEWAY=${GATEWAY:-127.0.0.1:8080}
 
 mkdir -p "$OUT"
-"$BIN/localcluster" up --state-dir "$STATE" --gateway "$GATEWAY" --repo . --bin "$BIN" "${up_args[@]}" \
-  >"$OUT/localcluster.log" 2>&1 &
-cluster=$!
-stop_cluster() {
-  if kill -0 "$cluster" 2>/dev/null; then
-    echo "stopping the local cluster"
-    kill -INT "$cluster" 2>/dev/null || true
-    wait "$cluster" 2>/dev/null || true
-  fi
-}
-trap stop_cluster EXIT
-trap 'echo "interrupted; results so far in $OUT"; exit 130' INT TERM
+start_cluster "${up_args[@]}"
 
-echo "starting the local cluster (log: $OUT/localcluster.log)"
-for _ in $(seq 600); do
-  [ -f "$STATE/ready" ] && break
-  kill -0 "$cluster" 2>/dev/null || { echo "localcluster exited:"; tail -n 40 "$OUT/localcluster.log"; exit 1; }
-  sleep 0.5
-done
-[ -f "$STATE/ready" ] || { echo "the local cluster was not ready in 5 minutes"; tail -n 40 "$OUT/localcluster.log"; exit 1; }
-export KUBECONFIG=$(cat "$STATE/ready")
-KUBECTL=$(ls "${MLSCALE_CACHE:-$HOME/.cache/mlscale}"/kubernetes-*/bin/kubectl | head -n1)
-
-deploy() { # overlay
-  echo "deploying $1"
-  "$KUBECTL" apply -k "$1" >>"$OUT/apply.log"
-  "$KUBECTL" -n mlscale rollout status deployment/mlscale-adapter --timeout=180s
-  "$KUBECTL" -n model rollout status deployment/iris-model-autoscale --timeout=180s
-}
-
-# Each configuration starts from one idle replica whose HPA has decided.
-reset_to_one() {
+# Each configuration starts from one idle replica whose HPA has decided,
+# with no memory of the last run: the HPA controller keeps each HPA's
+# recommendations of the last 5 minutes (scale-down stabilization) and
+# would scale a replica count set by hand straight back up, so the HPA is
+# deleted, the controller given a sync (15 s) to forget it, and the
+# overlay applied again.
+reset_to_one() { # overlay
+  "$KUBECTL" -n model delete hpa iris-model-autoscale --ignore-not-found >/dev/null
   "$KUBECTL" -n model scale deployment/iris-model-autoscale --replicas=1 >/dev/null
+  sleep 20
+  "$KUBECTL" apply -k "$1" >>"$OUT/apply.log"
   for _ in $(seq 180); do
     ready=$("$KUBECTL" -n model get deployment iris-model-autoscale -o jsonpath='{.status.readyReplicas}/{.status.replicas}')
     active=$("$KUBECTL" -n model get hpa iris-model-autoscale -o jsonpath='{.status.conditions[?(@.type=="ScalingActive")].status}' 2>/dev/null || true)
@@ -109,7 +90,7 @@ compare)
     name=${cfg%%:*} overlay=${cfg#*:}
     dir="$OUT/$(echo "$name" | tr -c 'a-z0-9\n' '-')"
     deploy "$overlay"
-    reset_to_one
+    reset_to_one "$overlay"
     echo "== $name: $SCENARIO x$SCALE"
     run_load "$dir" "$SCENARIO" "$SCALE" "$@" || rc=$?
     snapshot "$dir"
@@ -126,12 +107,12 @@ closed)
   echo "== one replica, no autoscaler: $SCENARIO x$SCALE"
   run_load "$OUT/fixed-1" "$SCENARIO" "$SCALE" "$@" || rc=$?
   deploy "$OVERLAY"
-  reset_to_one
+  reset_to_one "$OVERLAY"
   echo "== the tuned HPA: $SCENARIO x$SCALE"
   run_load "$OUT/tuned" "$SCENARIO" "$SCALE" "$@" || rc=$?
   snapshot "$OUT/tuned"
   {
-    echo "# The seed's closed loop ($SCENARIO x$SCALE), 100m pods"
+    echo "# The seed's closed loop ($SCENARIO x$SCALE), $("$KUBECTL" -n model get deployment iris-model-autoscale -o jsonpath='{.spec.template.spec.containers[0].resources.limits.cpu}') pods"
     for r in fixed-1 tuned; do echo; echo "## $r"; echo; echo '```'; cat "$OUT/$r/summary.txt"; echo '```'; done
   } >"$OUT/closed.md"
   cat "$OUT/closed.md"

@@ -3,6 +3,7 @@ package tune
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math"
 	"net/http"
 	"os"
@@ -306,10 +307,19 @@ func FuzzReadStepsCSV(f *testing.F) {
 	})
 }
 
-// Run on the recorded 100m curves (no load sent) writes what local-tuned
-// holds: predicted_rows_per_second, 24886 per pod at 40% headroom.
+// Run on the curves recorded through the local cluster at 200m (`make
+// tune-cluster`, no load sent) writes what local-tuned holds:
+// predicted_rows_per_second, 53228 per pod at 40% headroom.
 func TestRunFromRecordedSteps(t *testing.T) {
-	f, err := os.Open("testdata/steps-100m.csv")
+	kust, err := os.ReadFile("../../manifests/overlays/local-tuned/kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = 53228
+	if !strings.Contains(string(kust), fmt.Sprintf("averageValue: \"%d\"", want)) {
+		t.Fatalf("local-tuned does not hold the target %d measured in testdata/steps-200m-cluster.csv", want)
+	}
+	f, err := os.Open("testdata/steps-200m-cluster.csv")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,17 +331,17 @@ func TestRunFromRecordedSteps(t *testing.T) {
 	out := t.TempDir()
 	res, err := Run(context.Background(), Config{
 		Recorded: steps, Knee: KneeOptions{SLO: 500 * time.Millisecond}, Headroom: 0.4,
-		Target: Target{Namespace: "model", Name: "iris-model-autoscale", MinReplicas: 1, MaxReplicas: 20, CPURequest: 0.1},
+		Target: Target{Namespace: "model", Name: "iris-model-autoscale", MinReplicas: 1, MaxReplicas: 20, CPURequest: 0.2},
 		OutDir: out,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := res.Recommendation; r.Signal.Metric != "predicted_rows_per_second" || r.Target != 24886 {
-		t.Errorf("recommended %s at %v, want predicted_rows_per_second at 24886", r.Signal.Metric, r.Target)
+	if r := res.Recommendation; r.Signal.Metric != "predicted_rows_per_second" || r.Target != want {
+		t.Errorf("recommended %s at %v, want predicted_rows_per_second at %d", r.Signal.Metric, r.Target, want)
 	}
 	hpa, err := os.ReadFile(filepath.Join(out, HPAYAML))
-	if err != nil || !strings.Contains(string(hpa), "averageValue: \"24886\"") {
+	if err != nil || !strings.Contains(string(hpa), fmt.Sprintf("averageValue: \"%d\"", want)) {
 		t.Errorf("hpa.yaml (%v):\n%s", err, hpa)
 	}
 	for _, f := range []string{StepsCSV, RecommendationTxt, SeldonYAML, ScaledObjectYAML, "capacity-500-rows.png", "capacity-10000-rows.png"} {
