@@ -200,13 +200,14 @@ func rowsPerSecond(ctx context.Context) (float64, int, error) {
 }
 
 // TestTunedRowsPerSecondHPA: the HPA `loadgen tune` wrote (local-tuned:
-// predicted_rows_per_second at 40% below one 100m pod's measured capacity)
-// on the seed's rising rows per request: 500 rows at 8/s (4,000 rows/s),
-// 3,800 at 8/s (30,400: 1.22x the target on one pod, past the HPA's 10%
-// tolerance) and 10,000 at 6/s (60,000). At each step the
-// adapter's total agrees with the load, and the HPA reaches exactly the
-// replicas its formula predicts from that total, ceil(total / target): 1, 2,
-// 3 for the target 24886.
+// predicted_rows_per_second at 40% below what one 250m pod served through
+// the cluster) on the seed's rising rows per request, about 500, 3,800 and
+// 10,000 rows at loads of 0.1, 1.3 and 2.5 times the target (rates and rows
+// derived from the target the HPA holds, so a re-tuned target needs no
+// edit here). At each step the adapter's total agrees with the load, and the
+// HPA reaches exactly the replicas its formula predicts from that total,
+// ceil(total / target): 1, 2, 3; no request fails (a saturated pod would
+// shed with 503 under --max-inflight, or go blind, as 100m pods did).
 func TestTunedRowsPerSecondHPA(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -226,17 +227,27 @@ func TestTunedRowsPerSecondHPA(t *testing.T) {
 	const path = "/seldon/model/iris-model-autoscale/api/v1.0/predictions"
 	var body atomic.Pointer[[]byte]
 	load := &openLoop{}
-	load.rate.Store(8)
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
-	for _, step := range []struct{ rows, rate, want int }{{500, 8, 1}, {3800, 8, 2}, {10000, 6, 3}} {
-		b := rowsBody(step.rows)
+	// The loads sit well inside the formula's steps (0.1, 1.3, 2.5 x the
+	// target, with the adapter within 10%: ceil gives 1, 2, 3) and past the
+	// HPA's 10% tolerance at each scale-up (1.3 on one pod, 1.25 on two),
+	// while no pod carries more than 1.3 x the target (78% of its measured
+	// capacity) before the HPA adds one.
+	for i, step := range []struct {
+		rows     int // about this many rows per request
+		fraction float64
+		want     int
+	}{{500, 0.1, 1}, {3800, 1.3, 2}, {10000, 2.5, 3}} {
+		rate := max(1, int(math.Round(step.fraction*target/float64(step.rows))))
+		rows := int(math.Round(step.fraction * target / float64(rate)))
+		b := rowsBody(rows)
 		body.Store(&b)
-		load.rate.Store(int64(step.rate))
-		rate := step.rate
-		if step.rows == 500 {
+		load.rate.Store(int64(rate))
+		if i == 0 {
 			load.run(loadCtx, func(ctx context.Context) error { _, err := post(ctx, path, *body.Load()); return err })
 		}
+		step.rows = rows
 		offered := float64(rate * step.rows)
 		// The formula on what the adapter serves, once it agrees with the
 		// load (within 10%) across every pod.
