@@ -15,34 +15,24 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"k8s.io/klog/v2"
 
+	"github.com/mlscale/mlscale/internal/cli"
 	"github.com/mlscale/mlscale/scaler/app"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "scaler:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("scaler", run) }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("scaler", flag.ContinueOnError)
+	fs := cli.FlagSet("scaler", "")
 	s := app.New()
 	s.AddFlags(fs)
 	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

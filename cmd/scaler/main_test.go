@@ -28,6 +28,7 @@ func TestRunRejectsBadConfiguration(t *testing.T) {
 		{"unknown flag", []string{"--adress=:6000"}, "adress"},
 		{"missing config", []string{"--config=/nonexistent/adapter.yaml"}, "reading config"},
 		{"misspelt config field", []string{"--config=" + badConfig}, "intervall"},
+		{"stray argument", []string{"--address=:6000", "serve"}, "unexpected arguments"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := run(tc.args)
