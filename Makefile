@@ -173,7 +173,7 @@ deps-helm: ## Build helm $(HELM_VERSION) into $(MLSCALE_CACHE)/bin (skipped when
 	fi
 
 .PHONY: bench-scaling
-bench-scaling: build certs deps-prometheus ## How fast each autoscaler reacts to the same load step on the local cluster (root; ~20 min): results/bench/scaling.{md,json,png}.
+bench-scaling: build certs deps-prometheus ## How fast each autoscaler reacts to the same load step on the local cluster (root; ~4 min per configuration and run; MLSCALE_BENCH_REPEAT=3 at three sync phases, MLSCALE_BENCH_ONLY=a,e to rerun some): results/bench/scaling.{md,json,png}.
 	$(MAKE) --no-print-directory cluster-build CLUSTER_WITH=keda,prometheus-adapter
 	MLSCALE_BENCH_SCALING=1 $(GO) test -tags e2e -count=1 -timeout 90m -run 'TestBenchScaling' -v ./test/e2e/...
 
