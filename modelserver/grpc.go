@@ -95,22 +95,9 @@ func (s *Server) ServeGRPC(ctx context.Context, lis net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
 
-	select {
-	case err := <-errc:
-		return fmt.Errorf("modelserver: serving gRPC on %s: %w", lis.Addr(), err)
-	case <-ctx.Done():
-	}
-	s.ready.Store(false)
-	hs.Shutdown() // every service NOT_SERVING
-	s.log.Info("gRPC draining: readiness false, still serving", "drain_delay", s.opts.DrainDelay)
-	if s.opts.DrainDelay > 0 {
-		t := time.NewTimer(s.opts.DrainDelay)
-		select {
-		case <-t.C:
-		case err := <-errc:
-			t.Stop()
-			return fmt.Errorf("modelserver: serving gRPC on %s during drain: %w", lis.Addr(), err)
-		}
+	// hs.Shutdown: every service NOT_SERVING.
+	if err := s.drain(ctx, errc, lis, "gRPC ", hs.Shutdown); err != nil {
+		return err
 	}
 	s.log.Info("gRPC shutting down: waiting for calls in flight", "timeout", s.opts.ShutdownTimeout)
 	stopped := make(chan struct{})

@@ -32,6 +32,22 @@ import (
 // and returns a client connection to it (the generated clients' channel).
 func serveGRPC(t testing.TB, s *modelserver.Server) *grpc.ClientConn {
 	t.Helper()
+	conn, drain, done := startGRPC(t, s)
+	t.Cleanup(func() {
+		conn.Close()
+		drain()
+		if err := <-done; err != nil {
+			t.Errorf("ServeGRPC: %v", err)
+		}
+	})
+	return conn
+}
+
+// startGRPC runs s's gRPC server on a loopback port and returns a client
+// connection to it, the cancel that starts its drain and the channel
+// ServeGRPC's result arrives on.
+func startGRPC(t testing.TB, s *modelserver.Server) (*grpc.ClientConn, context.CancelFunc, <-chan error) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -43,16 +59,10 @@ func serveGRPC(t testing.TB, s *modelserver.Server) *grpc.ClientConn {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ServeGRPC: %v", err)
-		}
-	})
-	return conn
+	return conn, cancel, done
 }
 
 func newGRPCServer(t testing.TB, opts modelserver.Options) (*modelserver.Server, *grpc.ClientConn) {
@@ -525,17 +535,7 @@ mlscale_requests_total{code="413",model="iris",protocol="seldon-grpc"} 1
 // ServeGRPC returns nil.
 func TestGRPCDrain(t *testing.T) {
 	s, _ := newServer(t, modelserver.Options{DrainDelay: 500 * time.Millisecond})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.ServeGRPC(ctx, lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, cancel, done := startGRPC(t, s)
 	defer conn.Close()
 	v2 := inference.NewGRPCInferenceServiceClient(conn)
 	hc := healthpb.NewHealthClient(conn)

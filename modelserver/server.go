@@ -249,27 +249,13 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
 
-	select {
-	case err := <-errc:
-		return fmt.Errorf("modelserver: serving on %s: %w", lis.Addr(), err)
-	case <-ctx.Done():
-	}
-
 	// Readiness false also makes every answer carry Connection: close (see
 	// routes), so clients reconnect and, once the endpoint is gone, land on
 	// another pod. Not srv.SetKeepAlivesEnabled(false): it also closes idle
 	// connections at once, racing with clients that are just sending a
 	// request on one, and a POST that lost that race is not retried.
-	s.ready.Store(false)
-	s.log.Info("draining: readiness false, still serving", "drain_delay", s.opts.DrainDelay)
-	if s.opts.DrainDelay > 0 {
-		t := time.NewTimer(s.opts.DrainDelay)
-		select {
-		case <-t.C:
-		case err := <-errc:
-			t.Stop()
-			return fmt.Errorf("modelserver: serving on %s during drain: %w", lis.Addr(), err)
-		}
+	if err := s.drain(ctx, errc, lis, "", nil); err != nil {
+		return err
 	}
 
 	s.log.Info("shutting down: waiting for in-flight requests", "timeout", s.opts.ShutdownTimeout)
@@ -283,6 +269,34 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return fmt.Errorf("modelserver: serving on %s: %w", lis.Addr(), err)
 	}
 	s.log.Info("shut down cleanly")
+	return nil
+}
+
+// drain is the start of Serve's and ServeGRPC's shutdown: it waits for
+// ctx, turns readiness false (and calls notServing, when not nil) and keeps
+// serving for DrainDelay. It returns the serving goroutine's error (errc)
+// if serving ends first. what names the server in errors and logs: "" for
+// HTTP, "gRPC ".
+func (s *Server) drain(ctx context.Context, errc <-chan error, lis net.Listener, what string, notServing func()) error {
+	select {
+	case err := <-errc:
+		return fmt.Errorf("modelserver: serving %son %s: %w", what, lis.Addr(), err)
+	case <-ctx.Done():
+	}
+	s.ready.Store(false)
+	if notServing != nil {
+		notServing()
+	}
+	s.log.Info(what+"draining: readiness false, still serving", "drain_delay", s.opts.DrainDelay)
+	if s.opts.DrainDelay > 0 {
+		t := time.NewTimer(s.opts.DrainDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case err := <-errc:
+			return fmt.Errorf("modelserver: serving %son %s during drain: %w", what, lis.Addr(), err)
+		}
+	}
 	return nil
 }
 
