@@ -130,6 +130,7 @@ type Activator struct {
 	scaler Scaler
 	proxy  *httputil.ReverseProxy
 	h1, h2 http.RoundTripper
+	pooled *h1Transport // the HTTP/1.1 fast path's pool; nil with NetHTTPTransport
 	done   chan struct{}
 
 	changeMu sync.Mutex
@@ -192,6 +193,7 @@ func New(factory informers.SharedInformerFactory, cfg Config) (*Activator, error
 	if pooled != nil {
 		t.onGone = pooled.closeAddr
 	}
+	a.pooled = pooled
 	a.table = t
 	return a, nil
 }
@@ -232,32 +234,37 @@ func (noScaler) ScaleFromZero(context.Context, string, *ScaleTarget) (bool, erro
 // route finds the Service a request is for: /seldon/{namespace}/{name}/...
 // (the Istio/Seldon REST path, forwarded without the prefix), or for gRPC,
 // Seldon's `seldon` and `namespace` headers (forwarded unchanged). With
-// Fixed, every request goes to the first fixed Service unchanged.
-func (a *Activator) route(r *http.Request) (key, path string, grpc bool, err error) {
+// Fixed, every request goes to the first fixed Service unchanged. prefix
+// is the length of the path's part that is not forwarded; key is a
+// substring of the path where it can be, so routing does not allocate.
+func (a *Activator) route(r *http.Request) (key string, prefix int, grpc bool, err error) {
 	grpc = r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
 	if len(a.cfg.Fixed) > 0 {
-		return a.cfg.Fixed[0], r.URL.Path, grpc, nil
+		return a.cfg.Fixed[0], 0, grpc, nil
 	}
-	if tail, ok := strings.CutPrefix(r.URL.Path, "/seldon/"); ok {
+	const seldon = "/seldon/"
+	if tail, ok := strings.CutPrefix(r.URL.Path, seldon); ok {
 		ns, rest, _ := strings.Cut(tail, "/")
-		name, rest, _ := strings.Cut(rest, "/")
+		name, _, _ := strings.Cut(rest, "/")
 		if ns == "" || name == "" {
-			return "", "", grpc, errors.New("want /seldon/{namespace}/{name}/...")
+			return "", 0, grpc, errors.New("want /seldon/{namespace}/{name}/...")
 		}
-		return ns + "/" + name, "/" + rest, grpc, nil
+		n := len(ns) + 1 + len(name)
+		return tail[:n], len(seldon) + n, grpc, nil
 	}
 	if name, ns := r.Header.Get("seldon"), r.Header.Get("namespace"); grpc && name != "" && ns != "" {
-		return ns + "/" + name, r.URL.Path, true, nil
+		return ns + "/" + name, 0, true, nil
 	}
 	if grpc {
-		return "", "", true, errors.New("gRPC requests name their model with the `seldon` and `namespace` metadata, as Seldon Core's ingress routing expects")
+		return "", 0, true, errors.New("gRPC requests name their model with the `seldon` and `namespace` metadata, as Seldon Core's ingress routing expects")
 	}
-	return "", "", false, errors.New("the activator routes /seldon/{namespace}/{name}/... (REST) and gRPC with `seldon` and `namespace` metadata")
+	return "", 0, false, errors.New("the activator routes /seldon/{namespace}/{name}/... (REST) and gRPC with `seldon` and `namespace` metadata")
 }
 
 type ctxKey struct{}
 
-// forwarding is a request's state between ServeHTTP and the round trip.
+// forwarding is a request's state between ServeHTTP and the round trip of
+// the general path.
 type forwarding struct {
 	st   *service
 	grpc bool
@@ -268,7 +275,7 @@ type forwarding struct {
 
 // ServeHTTP routes, holds and forwards one request.
 func (a *Activator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	key, path, grpc, err := a.route(r)
+	key, prefix, grpc, err := a.route(r)
 	if err != nil {
 		http.Error(w, "activator: not found: "+err.Error(), http.StatusNotFound)
 		return
@@ -279,27 +286,54 @@ func (a *Activator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st.arrivals.add(time.Now())
-	// A small body is read before the hold: net/http notices a client
-	// that goes away only once the body has been read, and a held request
-	// whose client left must leave the queue. Larger bodies stay unread
-	// while held, so the queue's memory does not grow with them (such a
-	// request leaves the queue at its deadline at the latest).
-	var body []byte
-	if r.ContentLength >= 0 && r.ContentLength <= smallBody {
-		var err error
-		if body, err = readBody(r); err != nil {
-			a.count(st, http.StatusBadRequest)
-			http.Error(w, "activator: reading the request body: "+err.Error(), http.StatusBadRequest)
+	eps := st.endpoints(grpc)
+	// Without a ready endpoint the request is held. A small body is read
+	// first: net/http notices a client that goes away only once the body
+	// has been read, and a held request whose client left must leave the
+	// queue. Larger bodies stay unread while held, so the queue's memory
+	// does not grow with them (such a request leaves the queue at its
+	// deadline at the latest). With endpoints ready nothing is read ahead.
+	var kept *rewindBody
+	if len(eps) == 0 {
+		if r.ContentLength > 0 && r.ContentLength <= smallBody {
+			kept = newRewindBody(r.Body)
+			if err := kept.fill(r.ContentLength); err != nil {
+				kept.release()
+				a.count(st, http.StatusBadRequest)
+				http.Error(w, "activator: reading the request body: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
+		var code int
+		if eps, code = a.hold(w, r, st, grpc); code != 0 {
+			if kept != nil {
+				kept.release()
+			}
+			a.count(st, code)
 			return
 		}
 	}
-	eps, code := a.hold(w, r, st, grpc)
-	if code != 0 {
-		a.count(st, code)
+	st.inflight.Add(1)
+	defer st.inflight.Add(-1)
+	if uri, original, ok := a.h1Target(r, prefix); ok && !grpc {
+		a.count(st, a.serveH1(w, r, st, eps, uri, original, kept))
 		return
 	}
-	f := &forwarding{st: st, grpc: grpc, eps: eps, body: body}
-	if body == nil && a.cfg.Retries > 0 && !grpc && r.ContentLength >= 0 && r.ContentLength <= a.cfg.MaxRetryBody {
+	a.forward(w, r, st, eps, grpc, prefix, kept)
+}
+
+// forward is the general path (gRPC, h2c, upgrades, bodies of unknown
+// length): httputil.ReverseProxy over the transports, endpoints picked in
+// the round trip.
+func (a *Activator) forward(w http.ResponseWriter, r *http.Request, st *service, eps []*endpoint, grpc bool, prefix int, kept *rewindBody) {
+	f := &forwarding{st: st, grpc: grpc, eps: eps}
+	if kept != nil {
+		// Not returned to the pool: a transport may still read it after
+		// the answer.
+		f.body = kept.bytes()
+	} else if r.ContentLength == 0 {
+		f.body = []byte{}
+	} else if a.cfg.Retries > 0 && !grpc && r.ContentLength > 0 && r.ContentLength <= a.cfg.MaxRetryBody {
 		var err error
 		if f.body, err = readBody(r); err != nil {
 			a.count(st, http.StatusBadRequest)
@@ -311,19 +345,21 @@ func (a *Activator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// once more itself.
 	out := r.WithContext(context.WithValue(r.Context(), ctxKey{}, f))
 	u := *r.URL
+	path := r.URL.Path[prefix:]
+	if prefix > 0 && !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
 	u.Path, u.RawPath = path, ""
 	u.Scheme, u.Host = "http", st.key // the round trip picks the endpoint
 	out.URL = &u
-	if path != r.URL.Path && r.Header.Get("X-Envoy-Original-Path") == "" {
+	if prefix > 0 && r.Header.Get("X-Envoy-Original-Path") == "" {
 		out.Header.Set("X-Envoy-Original-Path", r.URL.Path)
 	}
 	if f.body != nil {
 		out.Body, out.ContentLength = replay(f.body), int64(len(f.body))
 	}
-	st.inflight.Add(1)
 	sw := &statusWriter{ResponseWriter: w}
 	a.proxy.ServeHTTP(sw, out)
-	st.inflight.Add(-1)
 	a.count(st, sw.status())
 }
 

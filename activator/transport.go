@@ -43,6 +43,10 @@ type h1Conn struct {
 	idleSince time.Time
 }
 
+func newH1Conn(conn net.Conn) *h1Conn {
+	return &h1Conn{Conn: conn, r: bufio.NewReaderSize(conn, 16<<10), w: bufio.NewWriterSize(conn, 16<<10)}
+}
+
 // maxIdleAge is how long a pooled connection may sit unused: below the
 // model server's 90 s IdleTimeout (and Go servers' usual ones), so the pool
 // does not hand out connections the endpoint is about to close.
@@ -122,7 +126,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		c = &h1Conn{Conn: conn, r: bufio.NewReaderSize(conn, 16<<10), w: bufio.NewWriterSize(conn, 16<<10)}
+		c = newH1Conn(conn)
 	}
 	// The client going away aborts the exchange: any blocked read or
 	// write returns at once.

@@ -28,10 +28,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -65,8 +67,23 @@ func serveActivator(args []string) error {
 	fs := flag.NewFlagSet("serve-activator", flag.ContinueOnError)
 	addr := fs.String("endpoint", "", "the model server's HOST:PORT, published at start (empty: none, the model is at zero)")
 	netHTTP := fs.Bool("net-http", false, "forward with net/http's Transport instead of the activator's pooled one")
+	profile := fs.String("cpuprofile", "", "write the activator's CPU profile of its first -profile-for here")
+	profileFor := fs.Duration("profile-for", 20*time.Second, "how long -cpuprofile records")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		time.AfterFunc(*profileFor, func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
 	}
 	cs := fake.NewClientset(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "model", Namespace: "bench",
 		Annotations: map[string]string{activator.AnnotationEnabled: "true"}}})
@@ -166,6 +183,73 @@ type measurement struct {
 	rps      float64
 	p50, p99 time.Duration
 	failures int64
+	n        int64
+	// CPU time per answered request, in µs: this process (the load
+	// generator), the model server, the activator (0 on the direct path).
+	loadCPU, serverCPU, actCPU float64
+}
+
+// cpuTime is a process's user+system CPU time from /proc/PID/stat (fields
+// 14 and 15, in USER_HZ ticks, 100 per second on Linux).
+func cpuTime(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; the fields after it do not.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * (time.Second / 100)
+}
+
+// selfCPU is this process's user+system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuMeter samples the CPU time of the load generator, the server and the
+// activator (act nil on the direct path) around one measurement.
+type cpuMeter struct {
+	server, act *proc
+	l, s, a     time.Duration
+}
+
+func startCPU(server, act *proc) *cpuMeter {
+	c := &cpuMeter{server: server, act: act, l: selfCPU(), s: cpuTime(server.cmd.Process.Pid)}
+	if act != nil {
+		c.a = cpuTime(act.cmd.Process.Pid)
+	}
+	return c
+}
+
+func (c *cpuMeter) stop(m *measurement) {
+	if m.n == 0 {
+		return
+	}
+	per := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(m.n) }
+	m.loadCPU = per(selfCPU() - c.l)
+	m.serverCPU = per(cpuTime(c.server.cmd.Process.Pid) - c.s)
+	if c.act != nil {
+		m.actCPU = per(cpuTime(c.act.cmd.Process.Pid) - c.a)
+	}
+}
+
+// measure runs load and samples the CPU time of the processes around it.
+func measure(server, act *proc, url string, body []byte, conns int, d time.Duration) measurement {
+	c := startCPU(server, act)
+	m := load(url, body, conns, d)
+	c.stop(&m)
+	return m
 }
 
 // load runs conns closed-loop clients against url for d.
@@ -209,7 +293,63 @@ func load(url string, body []byte, conns int, d time.Duration) measurement {
 	}
 	wg.Wait()
 	return measurement{rps: float64(n) / d.Seconds(), p50: time.Duration(h.ValueAtQuantile(50)) * time.Microsecond,
-		p99: time.Duration(h.ValueAtQuantile(99)) * time.Microsecond, failures: failures}
+		p99: time.Duration(h.ValueAtQuantile(99)) * time.Microsecond, failures: failures, n: n}
+}
+
+// openLoop sends requests at a fixed rate for d, each on its own goroutine
+// whatever the answers before it (an open loop: far below saturation, the
+// latency is the path's, not the queue's), and samples CPU time around it.
+func openLoop(server, act *proc, url string, body []byte, rate int, d time.Duration) measurement {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}
+	defer client.CloseIdleConnections()
+	// Open the connections first, outside the measurement.
+	for range 8 {
+		if resp, err := client.Post(url, "application/json", bytes.NewReader(body)); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	var mu sync.Mutex
+	h := hdrhistogram.New(1, int64(60*time.Second/time.Microsecond), 3)
+	var n, failures int64
+	var wg sync.WaitGroup
+	interval := time.Second / time.Duration(rate)
+	total := int(d / interval)
+	c := startCPU(server, act)
+	start := time.Now()
+	for i := range total {
+		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
+			time.Sleep(wait)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					err = errors.New(resp.Status)
+				}
+			}
+			took := time.Since(t0)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failures++
+				return
+			}
+			_ = h.RecordValue(took.Microseconds())
+			n++
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	m := measurement{rps: float64(n) / elapsed.Seconds(), p50: time.Duration(h.ValueAtQuantile(50)) * time.Microsecond,
+		p99: time.Duration(h.ValueAtQuantile(99)) * time.Microsecond, failures: failures, n: n}
+	c.stop(&m)
+	return m
 }
 
 func rowsBody(n int) []byte {
@@ -221,20 +361,44 @@ func rowsBody(n int) []byte {
 	return b
 }
 
+// median is the round with the median throughput, with each latency and
+// CPU figure replaced by its own median over the rounds.
 func median(ms []measurement) measurement {
 	sort.Slice(ms, func(i, j int) bool { return ms[i].rps < ms[j].rps })
 	m := ms[len(ms)/2]
-	p50s, p99s := make([]time.Duration, len(ms)), make([]time.Duration, len(ms))
-	var f int64
-	for i, x := range ms {
-		p50s[i], p99s[i] = x.p50, x.p99
-		f += x.failures
+	med := func(get func(measurement) float64) float64 {
+		v := make([]float64, len(ms))
+		for i, x := range ms {
+			v[i] = get(x)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
 	}
-	sort.Slice(p50s, func(i, j int) bool { return p50s[i] < p50s[j] })
-	sort.Slice(p99s, func(i, j int) bool { return p99s[i] < p99s[j] })
-	m.p50, m.p99, m.failures = p50s[len(ms)/2], p99s[len(ms)/2], f
+	m.p50 = time.Duration(med(func(x measurement) float64 { return float64(x.p50) }))
+	m.p99 = time.Duration(med(func(x measurement) float64 { return float64(x.p99) }))
+	m.loadCPU = med(func(x measurement) float64 { return x.loadCPU })
+	m.serverCPU = med(func(x measurement) float64 { return x.serverCPU })
+	m.actCPU = med(func(x measurement) float64 { return x.actCPU })
+	m.failures = 0
+	for _, x := range ms {
+		m.failures += x.failures
+	}
 	return m
 }
+
+// spread formats the per-round values of f(direct[i], via[i]) as "lo-hi".
+func spread(d, v []measurement, f func(d, v measurement) float64, format func(float64) string) string {
+	lo, hi := f(d[0], v[0]), f(d[0], v[0])
+	for i := range d {
+		x := f(d[i], v[i])
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return format(lo) + " to " + format(hi)
+}
+
+func ratio(x float64) string { return strconv.FormatFloat(x, 'f', 2, 64) }
+func usf(x float64) string   { return us(time.Duration(x)) }
+func cpu(x float64) string   { return strconv.FormatFloat(x, 'f', 0, 64) }
 
 func run() error {
 	var (
@@ -244,6 +408,9 @@ func run() error {
 		duration = flag.Duration("duration", 4*time.Second, "measured time per run")
 		rounds   = flag.Int("rounds", 3, "interleaved rounds per path (median reported)")
 		colds    = flag.Int("cold", 5, "first-request-at-zero trials")
+		openRate = flag.Int("open-rate", 1000, "open-loop rate, requests per second")
+		skipWide = flag.Bool("only-1-row", false, "skip the 10,000-row rows (quick runs while tuning)")
+		profile  = flag.String("activator-cpuprofile", "", "write a CPU profile of the activator (its first 20 s) here")
 	)
 	flag.Parse()
 	self, err := os.Executable()
@@ -255,7 +422,11 @@ func run() error {
 		return err
 	}
 	defer server.stop()
-	act, err := start(self, []string{"serve-activator", "--endpoint", server.addrs["listening"]}, "listening", "control")
+	actArgs := []string{"serve-activator", "--endpoint", server.addrs["listening"]}
+	if *profile != "" {
+		actArgs = append(actArgs, "--cpuprofile", *profile)
+	}
+	act, err := start(self, actArgs, "listening", "control")
 	if err != nil {
 		return err
 	}
@@ -270,10 +441,16 @@ func run() error {
 	viaNet := "http://" + actNet.addrs["listening"] + "/seldon/bench/model/api/v1.0/predictions"
 
 	var md strings.Builder
-	fmt.Fprintf(&md, "# bench-activator: %s\n\nLoopback, one run: the modelserver binary directly vs through the activator (its own process, least-outstanding balancing, retries on, its pooled HTTP/1.1 transport; last column: the same with net/http's Transport), Seldon REST, closed-loop connections, %d interleaved rounds of %s per path (median). Machine: %d CPUs shared with other work, so compare within a row.\n\n",
-		time.Now().UTC().Format(time.RFC3339), *rounds, *duration, numCPU())
-	md.WriteString("| rows | connections | direct req/s | via activator req/s | throughput ratio | direct p50 | via p50 | added p50 | direct p99 | via p99 | added p99 | failed | with net/http's Transport: ratio, added p50 |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
-	for _, rows := range []int{1, 10000} {
+	fmt.Fprintf(&md, "# bench-activator: %s\n\nLoopback, one run: the modelserver binary directly vs through the activator (its own process, least-outstanding balancing, retries on, its pooled HTTP/1.1 transport; last column: the same with net/http's Transport), Seldon REST, closed-loop connections, %d interleaved rounds of %s per path (median; the spread is the lowest and highest of the per-round figures, each round comparing the paths measured back to back). Machine: %d CPUs, load average %s at the start, shared with other work, so compare within a row.\n\n",
+		time.Now().UTC().Format(time.RFC3339), *rounds, *duration, numCPU(), loadAvg())
+	var cpuMD strings.Builder
+	cpuMD.WriteString("\n## CPU time per request (closed loop, the same rounds)\n\nUser+system CPU of each process over a round divided by the requests answered (medians). The three processes share the machine's CPUs, so once the direct path saturates them a closed loop's throughput is at most CPUs / (CPU per request of all processes): through the activator the best possible ratio is (load generator + server, direct) / (load generator + server + activator, via).\n\n| rows | connections | direct: load generator | direct: server | via: load generator | via: server | via: activator | best ratio the CPU allows | measured ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	md.WriteString("| rows | connections | direct req/s | via activator req/s | throughput ratio (spread) | direct p50 | via p50 | added p50 (spread) | direct p99 | via p99 | added p99 | failed | with net/http's Transport: ratio, added p50 |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	rowCounts := []int{1, 10000}
+	if *skipWide {
+		rowCounts = rowCounts[:1]
+	}
+	for _, rows := range rowCounts {
 		body := rowsBody(rows)
 		for _, conns := range []int{4, 64} {
 			load(direct, body, conns, time.Second) // warm both paths
@@ -281,20 +458,46 @@ func run() error {
 			load(viaNet, body, conns, time.Second)
 			var d, v, vn []measurement
 			for range *rounds {
-				d = append(d, load(direct, body, conns, *duration))
-				v = append(v, load(via, body, conns, *duration))
-				vn = append(vn, load(viaNet, body, conns, *duration))
+				d = append(d, measure(server, nil, direct, body, conns, *duration))
+				v = append(v, measure(server, act, via, body, conns, *duration))
+				vn = append(vn, measure(server, actNet, viaNet, body, conns, *duration))
 			}
+			ratios := spread(d, v, func(d, v measurement) float64 { return v.rps / d.rps }, ratio)
+			added := spread(d, v, func(d, v measurement) float64 { return float64(v.p50 - d.p50) }, usf)
 			dm, vm, nm := median(d), median(v), median(vn)
-			fmt.Fprintf(&md, "| %d | %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %d | %.2f, %s |\n", rows, conns, dm.rps, vm.rps, vm.rps/dm.rps,
-				us(dm.p50), us(vm.p50), us(vm.p50-dm.p50), us(dm.p99), us(vm.p99), us(vm.p99-dm.p99), dm.failures+vm.failures+nm.failures, nm.rps/dm.rps, us(nm.p50-dm.p50))
-			fmt.Fprintf(os.Stderr, "rows %d conns %d: direct %.0f/s p50 %s, via %.0f/s p50 %s\n", rows, conns, dm.rps, us(dm.p50), vm.rps, us(vm.p50))
+			fmt.Fprintf(&md, "| %d | %d | %.0f | %.0f | %.2f (%s) | %s | %s | %s (%s) | %s | %s | %s | %d | %.2f, %s |\n", rows, conns, dm.rps, vm.rps, vm.rps/dm.rps, ratios,
+				us(dm.p50), us(vm.p50), us(vm.p50-dm.p50), added, us(dm.p99), us(vm.p99), us(vm.p99-dm.p99), dm.failures+vm.failures+nm.failures, nm.rps/dm.rps, us(nm.p50-dm.p50))
+			best := (dm.loadCPU + dm.serverCPU) / (vm.loadCPU + vm.serverCPU + vm.actCPU)
+			fmt.Fprintf(&cpuMD, "| %d | %d | %s µs | %s µs | %s µs | %s µs | %s µs | %.2f | %.2f |\n", rows, conns, cpu(dm.loadCPU), cpu(dm.serverCPU),
+				cpu(vm.loadCPU), cpu(vm.serverCPU), cpu(vm.actCPU), best, vm.rps/dm.rps)
+			fmt.Fprintf(os.Stderr, "rows %d conns %d: direct %.0f/s p50 %s, via %.0f/s p50 %s (ratios %s); CPU µs/req direct load %.0f server %.0f, via load %.0f server %.0f activator %.0f\n",
+				rows, conns, dm.rps, us(dm.p50), vm.rps, us(vm.p50), ratios, dm.loadCPU, dm.serverCPU, vm.loadCPU, vm.serverCPU, vm.actCPU)
 		}
 	}
+	md.WriteString(cpuMD.String())
+
+	// Open loop: a fixed rate well below what either path sustains.
+	body := rowsBody(1)
+	fmt.Fprintf(&md, "\n## Open loop, 1 row at %d requests/s\n\nRequests sent at a fixed rate, each on its own goroutine whatever the others do, %d interleaved rounds of %s per path (median, spread over the rounds): far below saturation the added latency is the activator's own, not queueing behind a saturated CPU.\n\n| path | req/s | p50 | p99 | added p50 (spread) | added p99 | failed | CPU µs/request: server | activator |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", *openRate, *rounds, *duration)
+	openLoop(server, nil, direct, body, *openRate, time.Second)
+	openLoop(server, act, via, body, *openRate, time.Second)
+	var od, ov []measurement
+	for range *rounds {
+		od = append(od, openLoop(server, nil, direct, body, *openRate, *duration))
+		ov = append(ov, openLoop(server, act, via, body, *openRate, *duration))
+	}
+	added := spread(od, ov, func(d, v measurement) float64 { return float64(v.p50 - d.p50) }, usf)
+	odm, ovm := median(od), median(ov)
+	fmt.Fprintf(&md, "| direct | %.0f | %s | %s | | | %d | %s | |\n", odm.rps, us(odm.p50), us(odm.p99), odm.failures, cpu(odm.serverCPU))
+	fmt.Fprintf(&md, "| via activator | %.0f | %s | %s | %s (%s) | %s | %d | %s | %s |\n", ovm.rps, us(ovm.p50), us(ovm.p99), us(ovm.p50-odm.p50), added, us(ovm.p99-odm.p99), ovm.failures, cpu(ovm.serverCPU), cpu(ovm.actCPU))
+	fmt.Fprintf(os.Stderr, "open loop %d/s: direct p50 %s, via p50 %s (added %s); activator %.0f µs/req, server %.0f µs/req\n", *openRate, us(odm.p50), us(ovm.p50), added, ovm.actCPU, ovm.serverCPU)
 	act.stop()
 	actNet.stop()
 	server.stop()
 
+	if *colds == 0 {
+		return write(*out, md.String())
+	}
 	md.WriteString("\n## First request at zero\n\nA request is held by an activator with no endpoint; then the model server starts, its `/ready` is polled every 10 ms (a kubelet probe, but faster than any pod's `periodSeconds`), and its endpoint is published to the activator's informer the moment it answers 200. Answer time minus that ready time is what the activator adds to a cold start on its own: in a cluster the EndpointSlice controller's and the informer's delays and the probe period come on top.\n\n| trial | held for | answer after ready |\n|---:|---:|---:|\n")
 	var worst time.Duration
 	for i := range *colds {
@@ -306,13 +509,17 @@ func run() error {
 		fmt.Fprintf(&md, "| %d | %s | %s |\n", i+1, held.Round(time.Millisecond), us(after))
 	}
 	fmt.Fprintf(&md, "\nWorst answer after ready: %s (goal ≤ 0.5 s).\n", us(worst))
-	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+	return write(*out, md.String())
+}
+
+func write(out, md string) error {
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(*out, []byte(md.String()), 0o644); err != nil {
+	if err := os.WriteFile(out, []byte(md), 0o644); err != nil {
 		return err
 	}
-	fmt.Print(md.String())
+	fmt.Print(md)
 	return nil
 }
 
@@ -385,6 +592,15 @@ func us(d time.Duration) string {
 		return strconv.FormatFloat(float64(d)/float64(time.Microsecond), 'f', 0, 64) + " µs"
 	}
 	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64) + " ms"
+}
+
+func loadAvg() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func numCPU() int {
