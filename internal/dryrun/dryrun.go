@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -211,10 +212,24 @@ func (c *Cluster) CreateNamespaces(ctx context.Context, objs ...[]*unstructured.
 	return nil
 }
 
-// DryRunAll dry-runs every object of objs (Apply with dryRun) and returns
+// ExpectAccepted dry-runs every object of objs and fails t once for each
+// the API server rejects, naming it; the objects not sent (their group is
+// one of UnvalidatedGroups) are logged.
+func (c *Cluster) ExpectAccepted(ctx context.Context, t testing.TB, objs []*unstructured.Unstructured) {
+	t.Helper()
+	rejected, notSent := c.dryRunAll(ctx, objs)
+	for _, err := range rejected {
+		t.Error(err)
+	}
+	if len(notSent) > 0 {
+		t.Logf("not sent (no pinned CRD for their group): %s", strings.Join(notSent, ", "))
+	}
+}
+
+// dryRunAll dry-runs every object of objs (Apply with dryRun) and returns
 // one error per object the API server rejected, naming the object, and the
 // objects not sent because their group is one of UnvalidatedGroups.
-func (c *Cluster) DryRunAll(ctx context.Context, objs []*unstructured.Unstructured) (rejected []error, notSent []string) {
+func (c *Cluster) dryRunAll(ctx context.Context, objs []*unstructured.Unstructured) (rejected []error, notSent []string) {
 	for _, o := range objs {
 		where := fmt.Sprintf("%s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName())
 		if slices.Contains(UnvalidatedGroups, o.GroupVersionKind().Group) {

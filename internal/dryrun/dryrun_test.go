@@ -43,10 +43,10 @@ func TestDecodeFile(t *testing.T) {
 
 // Objects of a group without a pinned CRD are reported and never sent: the
 // Cluster here has no API server, so sending one would panic.
-func TestDryRunAllDoesNotSendUnvalidatedGroups(t *testing.T) {
+func TestDoesNotSendUnvalidatedGroups(t *testing.T) {
 	cert := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
 		"metadata": map[string]any{"name": "serving", "namespace": "mlscale"}}}
-	rejected, notSent := (&Cluster{}).DryRunAll(context.Background(), []*unstructured.Unstructured{cert})
+	rejected, notSent := (&Cluster{}).dryRunAll(context.Background(), []*unstructured.Unstructured{cert})
 	if len(rejected) != 0 {
 		t.Errorf("rejected: %v", rejected)
 	}
