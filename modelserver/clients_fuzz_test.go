@@ -82,13 +82,7 @@ func FuzzSeldonProto(f *testing.F) {
 			Dtype: tensorflow.DataType_DT_INT64, TensorShape: &tensorflow.TensorShapeProto{Dim: []*tensorflow.TensorShapeProto_Dim{{Size: 1}, {Size: 4}}}, Int64Val: []int64{1, 2, 3, 4}}}}}},
 		{Meta: &seldon.Meta{Puid: "p", Tags: map[string]*structpb.Value{"a": structpb.NewNumberValue(1)}}, DataOneof: &seldon.SeldonMessage_StrData{StrData: "x"}},
 	}
-	for _, m := range seeds {
-		b, err := proto.Marshal(m)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	addProtoSeeds(f, seeds)
 	s, err := New(Options{Predictor: sumPredictor{}, ModelName: "m", Registry: prometheus.NewRegistry()})
 	if err != nil {
 		f.Fatal(err)
@@ -121,13 +115,7 @@ func FuzzModelInferProto(f *testing.F) {
 		{ModelName: "m", Inputs: []*inference.ModelInferRequest_InferInputTensor{{Datatype: "FP16", Shape: []int64{1, 4}}}, RawInputContents: [][]byte{{0, 0x3c, 0, 0x7c, 1, 0, 0xff, 0xff}}},
 		{ModelName: "m", Inputs: []*inference.ModelInferRequest_InferInputTensor{{Datatype: "FP64", Shape: []int64{1 << 62, 4}}}, RawInputContents: [][]byte{{}}},
 	}
-	for _, m := range seeds {
-		b, err := proto.Marshal(m)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	addProtoSeeds(f, seeds)
 	var p fastjson.Parser
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m inference.ModelInferRequest
@@ -215,4 +203,16 @@ func FuzzBodyEncodings(f *testing.F) {
 			t.Fatalf("answer is not JSON: %q", answer)
 		}
 	})
+}
+
+// addProtoSeeds adds each message's wire form to f's corpus.
+func addProtoSeeds[M proto.Message](f *testing.F, seeds []M) {
+	f.Helper()
+	for _, m := range seeds {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 }

@@ -34,19 +34,7 @@ func BenchmarkPredictBatch(b *testing.B) {
 	for _, rows := range []int{1, 500, 10000} {
 		b.Run(fmt.Sprintf("rows=%d", rows), func(b *testing.B) {
 			x := benchRows(b, rows)
-			out := make([]float32, rows*m.NumOutputs())
-			b.ReportAllocs()
-			cpu0 := cpuSeconds(b)
-			for b.Loop() {
-				if err := m.PredictBatch(x, rows, out); err != nil {
-					b.Fatal(err)
-				}
-			}
-			total := float64(rows) * float64(b.N)
-			b.ReportMetric(total/b.Elapsed().Seconds(), "rows/s")
-			// On a shared machine wall time measures the neighbours too;
-			// CPU time is what the comparison with XGBoost uses.
-			b.ReportMetric(total/(cpuSeconds(b)-cpu0), "rows/cpu-s")
+			benchPredict(b, m, x, rows, make([]float32, rows*m.NumOutputs()))
 		})
 	}
 }
@@ -93,6 +81,13 @@ func BenchmarkPredictFile(b *testing.B) {
 			}
 		}
 	}
+	benchPredict(b, m, x, rows, out)
+}
+
+// benchPredict times PredictBatch of x's rows into out and reports rows/s
+// and rows/cpu-s: on a shared machine wall time measures the neighbours
+// too; CPU time is what the comparison with XGBoost uses.
+func benchPredict(b *testing.B, m *xgboost.Model, x []float32, rows int, out []float32) {
 	b.ReportAllocs()
 	cpu0 := cpuSeconds(b)
 	for b.Loop() {
