@@ -17,7 +17,12 @@ const (
 	// AnnotationEnabled: "true" routes /seldon/{ns}/{name}/ to this Service.
 	AnnotationEnabled = AnnotationPrefix + "enabled"
 	// AnnotationQueueLength: how many requests may wait for a first ready
-	// endpoint (a positive integer; 0 turns holding off: 503 at once).
+	// endpoint (a positive integer; 0 turns holding off: 503 at once), in
+	// each activator replica: every replica keeps its own queue, so with R
+	// replicas up to R × queue-length requests are held for the Service in
+	// all, and one replica may refuse while another still has room (the
+	// ingress spreads requests over them). Divide by the replica count for
+	// a total limit.
 	AnnotationQueueLength = AnnotationPrefix + "queue-length"
 	// AnnotationQueueTimeout: how long one request may wait (a Go
 	// duration, "60s").

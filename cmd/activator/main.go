@@ -48,7 +48,7 @@ func run(args []string) error {
 		noWake      = fs.Bool("no-wake", false, "never scale workloads from zero (hold only; KEDA wakes them)")
 	)
 	fs.StringVar(&cfg.Replica, "replica", os.Getenv("POD_NAME"), "this replica's name in demand snapshots (default $POD_NAME)")
-	fs.IntVar(&cfg.Hold.QueueLength, "queue-length", cfg.Hold.QueueLength, "default hold queue length per Service (annotation "+activator.AnnotationQueueLength+")")
+	fs.IntVar(&cfg.Hold.QueueLength, "queue-length", cfg.Hold.QueueLength, "default hold queue length per Service in this replica (annotation "+activator.AnnotationQueueLength+"; R replicas hold up to R times this)")
 	fs.DurationVar(&cfg.Hold.QueueTimeout, "queue-timeout", cfg.Hold.QueueTimeout, "default longest hold per request (annotation "+activator.AnnotationQueueTimeout+")")
 	fs.DurationVar(&cfg.RetryAfter, "retry-after", cfg.RetryAfter, "Retry-After of the activator's own 503s")
 	fs.IntVar(&cfg.Retries, "retries", cfg.Retries, "more endpoints offered a request that provably never reached one (connect failure); 0: off")
