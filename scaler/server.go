@@ -82,7 +82,15 @@ func New(reader collector.Reader, resolver collector.SelectorResolver, cfg Confi
 		health:   health.NewServer(),
 		done:     make(chan struct{}),
 	}
-	s.health.SetServingStatus(ServiceName, healthpb.HealthCheckResponse_SERVING)
+	// The health status starts as the collector's readiness is now, not
+	// SERVING until followReadiness first looks (a client checking at once
+	// would see SERVING before the collector is ready).
+	st := healthpb.HealthCheckResponse_SERVING
+	if cfg.Ready != nil && cfg.Ready() != nil {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(ServiceName, st)
 	s.pending = cfg.Pending
 	if s.pending == nil && cfg.ActivatorService != "" && cfg.Kube != nil {
 		// Watched from now until Shutdown (which Serve calls when it
