@@ -54,14 +54,11 @@ func (f *fakeSource) AggregateValue(ctx context.Context, metric, namespace strin
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	agg := collector.Aggregate{Pods: len(values), Timestamp: values[0].Timestamp}
-	for _, v := range values {
-		agg.Value += v.Value
-	}
+	by := collector.AggSum
 	if f.Averaged[metric] {
-		agg.Value /= float64(len(values))
+		by = collector.AggMean
 	}
-	return agg, nil
+	return collector.Combine(by, values), nil
 }
 
 func (f *fakeSource) Metrics() []string {
