@@ -3,6 +3,7 @@ package collector
 import (
 	"fmt"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -80,6 +81,7 @@ func AggregationNames() string {
 		for old, a := range AggregationAliases {
 			aliases = append(aliases, old+": "+string(a))
 		}
+		sort.Strings(aliases)
 		s += " (" + strings.Join(aliases, ", ") + ")"
 	}
 	return s
