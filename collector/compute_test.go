@@ -143,19 +143,20 @@ func TestCombine(t *testing.T) {
 		{Pod: "c", Value: 20, Timestamp: t0.Add(time.Second), Window: time.Second},
 	}
 	tests := []struct {
+		name   string
 		agg    Aggregation
 		values []PodValue
 		want   Aggregate
 	}{
-		{AggSum, pods, Aggregate{Value: 60, Pods: 3, Timestamp: t0, Window: 3 * time.Second}},
-		{AggMean, pods, Aggregate{Value: 20, Pods: 3, Timestamp: t0, Window: 3 * time.Second}},
-		{AggMax, pods, Aggregate{Value: 30, Pods: 3, Timestamp: t0, Window: 3 * time.Second}},
-		{AggMin, pods, Aggregate{Value: 10, Pods: 3, Timestamp: t0, Window: 3 * time.Second}},
-		{AggMin, pods[:1], Aggregate{Value: 30, Pods: 1, Timestamp: t0.Add(2 * time.Second), Window: 3 * time.Second}},
-		{AggMean, nil, Aggregate{}},
+		{"sum", AggSum, pods, Aggregate{Value: 60, Pods: 3, Timestamp: t0, Window: 3 * time.Second}},
+		{"mean", AggMean, pods, Aggregate{Value: 20, Pods: 3, Timestamp: t0, Window: 3 * time.Second}},
+		{"max", AggMax, pods, Aggregate{Value: 30, Pods: 3, Timestamp: t0, Window: 3 * time.Second}},
+		{"min", AggMin, pods, Aggregate{Value: 10, Pods: 3, Timestamp: t0, Window: 3 * time.Second}},
+		{"min of one pod", AggMin, pods[:1], Aggregate{Value: 30, Pods: 1, Timestamp: t0.Add(2 * time.Second), Window: 3 * time.Second}},
+		{"no pods", AggMean, nil, Aggregate{}},
 	}
 	for _, tc := range tests {
-		t.Run(string(tc.agg), func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			if diff := cmp.Diff(tc.want, Combine(tc.agg, tc.values)); diff != "" {
 				t.Errorf("Combine(%s) (-want +got):\n%s", tc.agg, diff)
 			}
