@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"sync"
 	"syscall"
@@ -36,13 +36,8 @@ func benchCollector(b *testing.B) *collector.Collector {
 	if err != nil {
 		b.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: time.Second}
-	go srv.Serve(lis)
-	b.Cleanup(func() { srv.Close() })
+	srv := httptest.NewServer(mux)
+	b.Cleanup(srv.Close)
 	var counters []prometheus.Counter
 	for w := range benchScaledObjects {
 		for p := range 2 {
@@ -55,7 +50,7 @@ func benchCollector(b *testing.B) *collector.Collector {
 			coll.Upsert(collector.Target{
 				Namespace: "model", Name: fmt.Sprintf("w%d-p%d", w, p),
 				Labels: labels.Set{"app": "w" + strconv.Itoa(w)},
-				URL:    "http://" + lis.Addr().String() + path, ReadySince: time.Now().Add(-time.Hour),
+				URL:    srv.URL + path, ReadySince: time.Now().Add(-time.Hour),
 			})
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -49,14 +50,9 @@ func startModelPod(t *testing.T, broken bool) *modelPod {
 			http.Error(w, "exporter crashed", http.StatusInternalServerError)
 		})
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: time.Second}
-	go srv.Serve(lis)
-	t.Cleanup(func() { srv.Close() })
-	p.url = "http://" + lis.Addr().String() + "/metrics"
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	p.url = srv.URL + "/metrics"
 	return p
 }
 
