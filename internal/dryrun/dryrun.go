@@ -7,12 +7,8 @@
 package dryrun
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,12 +22,12 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/kustomize/kyaml/kio"
 
 	"github.com/mlscale/mlscale/internal/testenv"
 	"github.com/mlscale/mlscale/manifests/crds"
@@ -112,22 +108,15 @@ func (c *Cluster) InstallCRDs(ctx context.Context, projects ...string) ([]string
 		if len(projects) > 0 && !slices.Contains(projects, project) {
 			continue
 		}
-		objs, err := decodeFile(f)
+		defs, err := crdsIn(f)
 		if err != nil {
 			return nil, err
 		}
-		for _, o := range objs {
-			if o.GetKind() != "CustomResourceDefinition" {
-				continue
+		for _, d := range defs {
+			if _, err := c.dyn.Resource(crdGVR).Patch(ctx, d.name, types.ApplyPatchType, d.json, c.patchOptions(false)); err != nil {
+				return nil, fmt.Errorf("installing CRD %s from %s: %w", d.name, f, err)
 			}
-			js, err := o.MarshalJSON()
-			if err != nil {
-				return nil, fmt.Errorf("encoding CRD %s from %s: %w", o.GetName(), f, err)
-			}
-			if _, err := c.dyn.Resource(crdGVR).Patch(ctx, o.GetName(), types.ApplyPatchType, js, c.patchOptions(false)); err != nil {
-				return nil, fmt.Errorf("installing CRD %s from %s: %w", o.GetName(), f, err)
-			}
-			names = append(names, o.GetName())
+			names = append(names, d.name)
 		}
 	}
 	if len(names) == 0 {
@@ -164,31 +153,35 @@ func (c *Cluster) waitEstablished(ctx context.Context, name string) error {
 	return nil
 }
 
-// decodeFile reads the objects of a multi-document YAML file.
-func decodeFile(path string) ([]*unstructured.Unstructured, error) {
+// crd is one CustomResourceDefinition as JSON, the body of its apply.
+type crd struct {
+	name string
+	json []byte
+}
+
+// crdsIn reads the CustomResourceDefinitions of a (multi-document) YAML
+// file; other kinds are passed over.
+func crdsIn(path string) ([]crd, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
-	var objs []*unstructured.Unstructured
-	for {
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			if errors.Is(err, io.EOF) {
-				return objs, nil
-			}
-			return nil, fmt.Errorf("reading %s (object %d): %w", path, len(objs)+1, err)
-		}
-		if t := bytes.TrimSpace(raw); len(t) == 0 || string(t) == "null" {
+	nodes, err := kio.FromBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	var out []crd
+	for _, n := range nodes {
+		if n.GetKind() != "CustomResourceDefinition" {
 			continue
 		}
-		u := &unstructured.Unstructured{}
-		if err := u.UnmarshalJSON(raw); err != nil {
-			return nil, fmt.Errorf("reading %s (object %d): %w", path, len(objs)+1, err)
+		js, err := n.MarshalJSON()
+		if err != nil {
+			return nil, fmt.Errorf("%s: CRD %s: %w", path, n.GetName(), err)
 		}
-		objs = append(objs, u)
+		out = append(out, crd{n.GetName(), js})
 	}
+	return out, nil
 }
 
 // CreateNamespaces creates, for real, every namespace an object of objs is

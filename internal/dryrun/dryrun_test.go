@@ -2,6 +2,7 @@ package dryrun
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,14 +11,16 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
-func TestDecodeFile(t *testing.T) {
+func TestCRDsIn(t *testing.T) {
+	const crdA = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: as.example.com}\nspec: {group: example.com}\n"
 	tests := []struct {
 		name, yaml string
-		want       []string // kind/name
+		want       []string
 		wantErr    bool
 	}{
-		{"two documents", "kind: A\nmetadata: {name: a}\n---\nkind: B\nmetadata: {name: b}\n", []string{"A/a", "B/b"}, false},
-		{"empty documents are skipped", "---\n---\nkind: A\nmetadata: {name: a}\n---\n# only a comment\n", []string{"A/a"}, false},
+		{"CRDs only, other kinds passed over", crdA + "---\nkind: Namespace\nmetadata: {name: n}\n---\n" +
+			"apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: bs.example.com}\n", []string{"as.example.com", "bs.example.com"}, false},
+		{"empty documents are skipped", "---\n---\n" + crdA + "---\n# only a comment\n", []string{"as.example.com"}, false},
 		{"malformed", "kind: A\n  metadata: [\n", nil, true},
 	}
 	for _, tc := range tests {
@@ -26,16 +29,20 @@ func TestDecodeFile(t *testing.T) {
 			if err := os.WriteFile(p, []byte(tc.yaml), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			objs, err := decodeFile(p)
+			defs, err := crdsIn(p)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
 			}
 			var got []string
-			for _, o := range objs {
-				got = append(got, o.GetKind()+"/"+o.GetName())
+			for _, d := range defs {
+				var o map[string]any
+				if err := json.Unmarshal(d.json, &o); err != nil || o["kind"] != "CustomResourceDefinition" {
+					t.Errorf("%s: body %s is not the CRD's JSON (%v)", d.name, d.json, err)
+				}
+				got = append(got, d.name)
 			}
 			if diff := cmp.Diff(tc.want, got); diff != "" {
-				t.Errorf("objects (-want +got):\n%s", diff)
+				t.Errorf("CRDs (-want +got):\n%s", diff)
 			}
 		})
 	}
