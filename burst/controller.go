@@ -507,13 +507,8 @@ func (c *Controller) ready(namespace string, sel labels.Selector) (int32, error)
 	}
 	var n int32
 	for _, p := range pods {
-		if p.DeletionTimestamp != nil {
-			continue
-		}
-		for _, cond := range p.Status.Conditions {
-			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-				n++
-			}
+		if _, ok := collector.PodReady(p); ok {
+			n++
 		}
 	}
 	return n, nil

@@ -82,23 +82,17 @@ func selString(sel labels.Selector) string {
 	return sel.String()
 }
 
-// Source is what the adapter's provider reads (adapter.Source).
-type Source interface {
-	collector.Reader
-	collector.Aggregator
-}
-
 // Wrap returns src with the floors applied: what the adapter serves once
 // burst is wired in.
-func (f *Floors) Wrap(src Source) Source { return &floored{src, f} }
+func (f *Floors) Wrap(src collector.Reader) collector.Reader { return &floored{src, f} }
 
 type floored struct {
-	Source
+	collector.Reader
 	f *Floors
 }
 
 func (s *floored) PodValues(ctx context.Context, metric, namespace string, sel labels.Selector) ([]collector.PodValue, error) {
-	vs, err := s.Source.PodValues(ctx, metric, namespace, sel)
+	vs, err := s.Reader.PodValues(ctx, metric, namespace, sel)
 	if err != nil || len(vs) == 0 {
 		return vs, err
 	}
@@ -126,7 +120,7 @@ func (s *floored) PodValues(ctx context.Context, metric, namespace string, sel l
 }
 
 func (s *floored) AggregateValue(ctx context.Context, metric, namespace string, sel labels.Selector) (collector.Aggregate, error) {
-	a, err := s.Source.AggregateValue(ctx, metric, namespace, sel)
+	a, err := s.Reader.AggregateValue(ctx, metric, namespace, sel)
 	if err != nil {
 		return a, err
 	}

@@ -38,7 +38,7 @@ func WithArrivals(r ServiceDemandReader) Option { return func(o *options) { o.ar
 // function that runs the controller until ctx ends. It registers the HPA
 // and pod informers on inf, so call it before inf.Start. The controller reads
 // the raw src, never its own floors.
-func Setup(cfg Config, restCfg *rest.Config, inf informers.SharedInformerFactory, src Source, resolver collector.SelectorResolver, reg prometheus.Registerer, opts ...Option) (Source, func(context.Context), error) {
+func Setup(cfg Config, restCfg *rest.Config, inf informers.SharedInformerFactory, src collector.Reader, resolver collector.SelectorResolver, reg prometheus.Registerer, opts ...Option) (collector.Reader, func(context.Context), error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)

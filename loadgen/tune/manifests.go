@@ -10,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/mlscale/mlscale/scaler/trigger"
 )
 
 // Target says what the manifests scale.
@@ -126,20 +128,21 @@ func (r Recommendation) SeldonHPASpec(t Target) ([]byte, error) {
 // ScaledObject renders the KEDA ScaledObject: mlscale's external scaler for
 // the adapter's metrics, KEDA's cpu trigger for CPU.
 func (r Recommendation) ScaledObject(t Target) ([]byte, error) {
-	var trigger map[string]any
+	var trig map[string]any
 	if r.Signal.Metric == "cpu" {
 		u, err := CPUUtilization(r.Target, t.CPURequest)
 		if err != nil {
 			return nil, err
 		}
-		trigger = map[string]any{"type": "cpu", "metricType": "Utilization", "metadata": map[string]any{"value": strconv.Itoa(int(u))}}
+		trig = map[string]any{"type": "cpu", "metricType": "Utilization", "metadata": map[string]any{"value": strconv.Itoa(int(u))}}
 	} else {
-		trigger = map[string]any{
+		trig = map[string]any{
 			"type": "external", "name": "tuned", "metricType": "AverageValue",
-			"metadata": map[string]any{
-				"scalerAddress": t.ScalerAddress, "namespace": t.Namespace, "deploymentName": t.Name,
-				"metricName": r.Signal.Metric, "targetValue": strconv.FormatFloat(math.Round(r.Target*1000)/1000, 'f', -1, 64),
-			},
+			// The keys the scaler parses, from its own type.
+			"metadata": trigger.Metadata{
+				ScalerAddress: t.ScalerAddress, Namespace: t.Namespace, DeploymentName: t.Name,
+				MetricName: r.Signal.Metric, TargetValue: math.Round(r.Target*1000) / 1000,
+			}.Map(),
 			"authenticationRef": map[string]any{"name": "mlscale-scaler-tls"},
 		}
 	}
@@ -150,7 +153,7 @@ func (r Recommendation) ScaledObject(t Target) ([]byte, error) {
 			"scaleTargetRef":  map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "name": t.Name},
 			"minReplicaCount": t.MinReplicas, "maxReplicaCount": t.MaxReplicas,
 			"pollingInterval": 5,
-			"triggers":        []any{trigger},
+			"triggers":        []any{trig},
 		},
 	}
 	b, err := yaml.Marshal(so)
