@@ -389,7 +389,7 @@ func TestScaleInThroughActivator(t *testing.T) {
 	waitRollout(t, ctx, "mlscale", "mlscale-activator", 2)
 
 	body := rowsBody(10000)
-	// 1/s: one pod (100m CPU on the local overlay) keeps up with it after
+	// 1/s: one pod (200m CPU on the local overlay, about 10 such requests a second) keeps up with it after
 	// the scale-in, so the run ends with no backlog.
 	load := &openLoop{}
 	load.rate.Store(1)
