@@ -76,7 +76,8 @@ SCALING ?= tuned
 CLUSTER_WITH ?= keda
 E2E_RUN ?= .
 # Tests to leave out (go test -skip), e.g. one known to fail on this machine.
-E2E_SKIP ?=
+# TestBenchScaling is the benchmark (make bench-scaling), not a test: make e2e leaves it out.
+E2E_SKIP ?= ^TestBenchScaling$$
 .PHONY: e2e
 e2e: build cluster-build certs deps-helm ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/..., root; E2E_RUN selects tests, E2E_SKIP leaves some out).
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' $(if $(E2E_SKIP),-skip '$(E2E_SKIP)') -v ./test/e2e/...

@@ -148,9 +148,7 @@ func modelPod(t *testing.T, ctx context.Context, model modelserver.Predictor, ip
 }
 
 func TestAdapterUnderLoad(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts model servers and loads them for ~10 s")
-	}
+	testenv.SkipIfShort(t, "starts model servers and loads them for ~10 s")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

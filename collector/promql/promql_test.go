@@ -143,9 +143,7 @@ func readyPod(name string) *corev1.Pod {
 }
 
 func TestSourceAgainstPrometheus(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs the Prometheus binary for ~10 s")
-	}
+	testenv.SkipIfShort(t, "runs the Prometheus binary for ~10 s")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a, b := startEndpoint(t, ctx, 20), startEndpoint(t, ctx, 10)

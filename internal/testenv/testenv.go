@@ -23,3 +23,13 @@ func RequireOrSkip(t testing.TB, what string) {
 	}
 	t.Skip(what)
 }
+
+// SkipIfShort skips a long test under -short, which developers pass for a
+// quick loop. CI does not pass -short; if it ever does under CI=true, the
+// test fails rather than leave what it proves unproved.
+func SkipIfShort(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		RequireOrSkip(t, "-short leaves it out: "+what)
+	}
+}

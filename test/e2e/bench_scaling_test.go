@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
+	"github.com/mlscale/mlscale/internal/testenv"
 	"github.com/mlscale/mlscale/loadgen/chart"
 )
 
@@ -94,7 +95,7 @@ const (
 // pods' readiness, and drawing the replica curves in one chart.
 func TestBenchScaling(t *testing.T) {
 	if os.Getenv("MLSCALE_BENCH_SCALING") != "1" {
-		t.Skip("MLSCALE_BENCH_SCALING=1 runs it (make bench-scaling)")
+		testenv.RequireOrSkip(t, "MLSCALE_BENCH_SCALING=1 runs it (make bench-scaling; make e2e leaves it out)")
 	}
 	out := os.Getenv("MLSCALE_BENCH_OUT")
 	if out == "" {
