@@ -33,6 +33,22 @@ func (g gated) PredictBatch(x []float32, rows int, out []float32) error {
 
 const oneRow = `{"data":{"ndarray":[[5.1,3.5,1.4,0.2]]}}`
 
+// postOneRow sends one Seldon prediction in the background and reports its
+// status code on codes; wg counts it until it is answered.
+func postOneRow(t *testing.T, wg *sync.WaitGroup, url string, codes chan<- int) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		resp, err := http.Post(url+"/api/v1.0/predictions", "application/json", strings.NewReader(oneRow))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		resp.Body.Close()
+		codes <- resp.StatusCode
+	}()
+}
+
 // TestMaxInflight: with --max-inflight 3 and 2 workers, two requests held
 // in the model and a third admitted but waiting (not running, counted in
 // flight), every further prediction request, of every protocol, is refused
@@ -57,17 +73,7 @@ func TestMaxInflight(t *testing.T) {
 			var held sync.WaitGroup
 			heldCodes := make(chan int, tc.held+1)
 			for i := 0; i < tc.held; i++ {
-				held.Add(1)
-				go func() {
-					defer held.Done()
-					resp, err := http.Post(ts.URL+"/api/v1.0/predictions", "application/json", strings.NewReader(oneRow))
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					resp.Body.Close()
-					heldCodes <- resp.StatusCode
-				}()
+				postOneRow(t, &held, ts.URL, heldCodes)
 			}
 			for i := 0; i < tc.held; i++ {
 				select {
@@ -104,17 +110,7 @@ func TestMaxInflight(t *testing.T) {
 			}
 
 			// A third is admitted but waits for a worker: it does not run.
-			held.Add(1)
-			go func() {
-				defer held.Done()
-				resp, err := http.Post(ts.URL+"/api/v1.0/predictions", "application/json", strings.NewReader(oneRow))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				resp.Body.Close()
-				heldCodes <- resp.StatusCode
-			}()
+			postOneRow(t, &held, ts.URL, heldCodes)
 			waitFor(t, func() bool {
 				_, m := get(t, ts.URL+"/metrics")
 				return bytes.Contains(m, []byte(`mlscale_inflight_requests{model="iris"} 3`))
