@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // The HTTP/1.1 fast path. A plain HTTP/1.1 request of known length (what
@@ -304,7 +306,7 @@ func writeHead(b *bufio.Writer, r *http.Request, addr, uri, original string) {
 			b.WriteString("\r\n")
 		}
 	}
-	if te := r.Header["Te"]; len(te) > 0 && containsToken(te, "trailers") {
+	if te := r.Header["Te"]; len(te) > 0 && httpguts.HeaderValuesContainsToken(te, "trailers") {
 		b.WriteString("Te: trailers\r\n")
 	}
 	// As ReverseProxy with SetXForwarded: the client's own X-Forwarded-*
@@ -347,22 +349,7 @@ func hopByHop(k string) bool {
 
 // named reports whether the Connection header values conn name header k.
 func named(conn []string, k string) bool {
-	return len(conn) > 0 && containsToken(conn, k)
-}
-
-// containsToken reports whether the comma-separated values hold token
-// (case-insensitively).
-func containsToken(values []string, token string) bool {
-	for _, v := range values {
-		for v != "" {
-			var t string
-			t, v, _ = strings.Cut(v, ",")
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
+	return len(conn) > 0 && httpguts.HeaderValuesContainsToken(conn, k)
 }
 
 // copyEndToEnd copies an answer's headers to dst without the hop-by-hop
