@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 	cmmetrics "sigs.k8s.io/custom-metrics-apiserver/pkg/apiserver/metrics"
@@ -176,6 +177,21 @@ func (a *Adapter) MakeScaler(client kubernetes.Interface, src collector.Reader, 
 	return scaler.New(src, resolver, cfg), nil
 }
 
+// MakeBurst wraps src with the burst controller's floors and returns its
+// start function, with --burst; without it, src unchanged and a start that
+// does nothing.
+func (a *Adapter) MakeBurst(restCfg *rest.Config, inf informers.SharedInformerFactory, src collector.Reader, resolver collector.SelectorResolver, reg prometheus.Registerer, demand *api.Watcher) (collector.Reader, func(context.Context), error) {
+	if !a.Burst {
+		return src, func(context.Context) {}, nil
+	}
+	var opts []burst.Option
+	if demand != nil {
+		// The activator's arrivals are demand before the pods catch up.
+		opts = append(opts, burst.WithArrivals(demand))
+	}
+	return burst.Setup(a.BurstCfg, restCfg, inf, src, resolver, reg, opts...)
+}
+
 // MakeOwnerWatch returns the check of who owns external.metrics.k8s.io, nil
 // when external metrics are off.
 func (a *Adapter) MakeOwnerWatch(dc dynamic.Interface, reg prometheus.Registerer) *adapter.OwnerWatch {
@@ -215,16 +231,9 @@ func (a *Adapter) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	startBurst := func(context.Context) {}
-	if a.Burst {
-		var opts []burst.Option
-		if demand != nil {
-			// The activator's arrivals are demand before the pods catch up.
-			opts = append(opts, burst.WithArrivals(demand))
-		}
-		if src, startBurst, err = burst.Setup(a.BurstCfg, restCfg, inf, src, resolver, reg, opts...); err != nil {
-			return err
-		}
+	src, startBurst, err := a.MakeBurst(restCfg, inf, src, resolver, reg, demand)
+	if err != nil {
+		return err
 	}
 	prov := adapter.NewProvider(src, resolver, reg)
 	if demand != nil {
