@@ -4,13 +4,10 @@ package e2e
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/mlscale/mlscale/internal/testenv"
 )
 
 // TestKEDACombined is the keda-combined overlay on the local cluster
@@ -21,15 +18,10 @@ import (
 // front doors share) and scale it out on the adapter's numbers; no request
 // fails.
 func TestKEDACombined(t *testing.T) {
-	if os.Getenv("MLSCALE_E2E_NO_KEDA") == "1" {
-		testenv.RequireOrSkip(t, "MLSCALE_E2E_NO_KEDA=1: the cluster runs without KEDA")
-	}
+	needKEDA(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	dyn := dynamicClient(t)
-	waitReady(t, ctx, "keda", "app=keda-operator", 1, 3*time.Minute)
-	waitReady(t, ctx, "keda", "app=keda-metrics-apiserver", 1, 3*time.Minute)
-	ensureKEDAMetricsAPI(t, ctx, dyn)
+	dyn := kedaReady(t, ctx)
 
 	deployOverlay(t, ctx, "local-keda-combined")
 	if d, err := env.client.AppsV1().Deployments("mlscale").Get(ctx, "mlscale-scaler", metav1.GetOptions{}); err == nil {

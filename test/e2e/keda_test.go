@@ -25,6 +25,26 @@ var (
 	apiServices   = schema.GroupVersionResource{Group: "apiregistration.k8s.io", Version: "v1", Resource: "apiservices"}
 )
 
+// needKEDA fails the test under CI=true (skips elsewhere) when the cluster
+// was started without KEDA.
+func needKEDA(t *testing.T) {
+	t.Helper()
+	if os.Getenv("MLSCALE_E2E_NO_KEDA") == "1" {
+		testenv.RequireOrSkip(t, "MLSCALE_E2E_NO_KEDA=1: the cluster runs without KEDA")
+	}
+}
+
+// kedaReady waits for KEDA's operator and metrics server, makes sure KEDA
+// owns external.metrics.k8s.io, and returns the dynamic client.
+func kedaReady(t *testing.T, ctx context.Context) dynamic.Interface {
+	t.Helper()
+	dyn := dynamicClient(t)
+	waitReady(t, ctx, "keda", "app=keda-operator", 1, 3*time.Minute)
+	waitReady(t, ctx, "keda", "app=keda-metrics-apiserver", 1, 3*time.Minute)
+	ensureKEDAMetricsAPI(t, ctx, dyn)
+	return dyn
+}
+
 func dynamicClient(t *testing.T) dynamic.Interface {
 	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", env.kubeconfig)
@@ -45,15 +65,10 @@ func dynamicClient(t *testing.T) dynamic.Interface {
 // to zero or to a made-up count) and the scaler's TLS misconfigured (KEDA
 // says so in the ScaledObject's status and events; no silent zero).
 func TestKEDAThroughActivator(t *testing.T) {
-	if os.Getenv("MLSCALE_E2E_NO_KEDA") == "1" {
-		testenv.RequireOrSkip(t, "MLSCALE_E2E_NO_KEDA=1: the cluster runs without KEDA")
-	}
+	needKEDA(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	dyn := dynamicClient(t)
-	waitReady(t, ctx, "keda", "app=keda-operator", 1, 3*time.Minute)
-	waitReady(t, ctx, "keda", "app=keda-metrics-apiserver", 1, 3*time.Minute)
-	ensureKEDAMetricsAPI(t, ctx, dyn)
+	dyn := kedaReady(t, ctx)
 
 	deployOverlay(t, ctx, "local-keda")
 	waitReady(t, ctx, "mlscale", "app.kubernetes.io/name=scaler", 1, 2*time.Minute)
