@@ -140,6 +140,7 @@ func TestBenchScaling(t *testing.T) {
 		}
 	}
 	body := benchBody()
+	t.Cleanup(func() { keepKEDAOperatorLogs(t, out) })
 	for _, c := range configs {
 		if only != "" && !strings.Contains(","+only+",", ","+c.Key+",") {
 			continue
@@ -559,4 +560,50 @@ func watchHPAStatusSyncs(t *testing.T, ctx context.Context, hpa string) (*hpaSyn
 		time.Sleep(200 * time.Millisecond)
 	}
 	return w, false
+}
+
+// keepKEDAOperatorLogs copies every KEDA operator container log of this
+// cluster (the node agent keeps a pod's <container>.log, appended across
+// restarts, after the pod is gone) into out when the benchmark failed or an
+// operator container restarted during it, and logs the lines that say why
+// it stopped. An exit of KEDA's operator in the middle of a run is what made
+// configuration (d) fail once ("ScaledObject not Ready within 2m0s"); this
+// keeps the evidence whatever the outcome.
+func keepKEDAOperatorLogs(t *testing.T, out string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	restarts := int32(0)
+	if pods, err := env.client.CoreV1().Pods("keda").List(ctx, metav1.ListOptions{LabelSelector: "app=keda-operator"}); err == nil {
+		for _, p := range pods.Items {
+			for _, cs := range p.Status.ContainerStatuses {
+				restarts += cs.RestartCount
+			}
+		}
+	}
+	t.Logf("KEDA operator restarts during the benchmark: %d", restarts)
+	if restarts == 0 && !t.Failed() {
+		return
+	}
+	dirs, _ := filepath.Glob(filepath.Join(env.state, "node", "pods", "keda_keda-operator-*"))
+	for _, d := range dirs {
+		data, err := os.ReadFile(filepath.Join(d, "keda-operator.log"))
+		if err != nil {
+			continue
+		}
+		dst := filepath.Join(out, "keda-operator-"+strings.TrimPrefix(filepath.Base(d), "keda_")+".log")
+		if err := os.WriteFile(dst, data, 0o644); err != nil {
+			t.Logf("keeping %s: %v", d, err)
+			continue
+		}
+		var why []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, `"level":"error"`) || strings.Contains(l, "leader election lost") || strings.HasPrefix(l, "E1") || strings.HasPrefix(l, "F1") {
+				why = append(why, l)
+			}
+		}
+		if len(why) > 20 {
+			why = why[len(why)-20:]
+		}
+		t.Logf("KEDA operator log kept in %s; its error lines:\n%s", dst, strings.Join(why, "\n"))
+	}
 }
