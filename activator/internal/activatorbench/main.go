@@ -49,9 +49,12 @@ import (
 
 func main() {
 	var err error
-	if len(os.Args) > 1 && os.Args[1] == "serve-activator" {
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == "serve-activator":
 		err = serveActivator(os.Args[2:])
-	} else {
+	case len(os.Args) > 1 && os.Args[1] == "serve-tcpcopy":
+		err = serveTCPCopy(os.Args[2:])
+	default:
 		err = run()
 	}
 	if err != nil {
@@ -411,6 +414,7 @@ func run() error {
 		openRate = flag.Int("open-rate", 1000, "open-loop rate, requests per second")
 		skipWide = flag.Bool("only-1-row", false, "skip the 10,000-row rows (quick runs while tuning)")
 		profile  = flag.String("activator-cpuprofile", "", "write a CPU profile of the activator (its first 20 s) here")
+		limit    = flag.Int64("server-cpu-milli", 500, "second closed-loop table: the model server under this CFS quota (a pod's limits.cpu), 0 skips it")
 	)
 	flag.Parse()
 	self, err := os.Executable()
@@ -436,61 +440,56 @@ func run() error {
 		return err
 	}
 	defer actNet.stop()
+	floor, err := start(self, []string{"serve-tcpcopy", "--upstream", server.addrs["listening"]}, "listening")
+	if err != nil {
+		return err
+	}
+	defer floor.stop()
 	direct := "http://" + server.addrs["listening"] + "/api/v1.0/predictions"
 	via := "http://" + act.addrs["listening"] + "/seldon/bench/model/api/v1.0/predictions"
 	viaNet := "http://" + actNet.addrs["listening"] + "/seldon/bench/model/api/v1.0/predictions"
+	viaFloor := "http://" + floor.addrs["listening"] + "/api/v1.0/predictions"
 
 	var md strings.Builder
-	fmt.Fprintf(&md, "# bench-activator: %s\n\nLoopback, one run: the modelserver binary directly vs through the activator (its own process, least-outstanding balancing, retries on, its HTTP/1.1 fast path over pooled connections; last column: its general path, httputil.ReverseProxy over net/http's Transport), Seldon REST, closed-loop connections, %d interleaved rounds of %s per path (median; the spread is the lowest and highest of the per-round figures, each round comparing the paths measured back to back). Machine: %d CPUs, load average %s at the start, shared with other work, so compare within a row.\n\n",
+	fmt.Fprintf(&md, "# bench-activator: %s\n\nLoopback, one run: the modelserver binary directly vs through the activator (its own process, least-outstanding balancing, retries on, its HTTP/1.1 fast path over pooled connections), Seldon REST, closed-loop connections, %d interleaved rounds of %s per path (median; the spread is the lowest and highest of the per-round figures, each round comparing the paths measured back to back). Two more paths in the same rounds: the activator's general path (httputil.ReverseProxy over net/http's Transport), and the floor any user-space proxy stands on, a process that only copies bytes between the two sockets (no HTTP parsing). Machine: %d CPUs, load average %s at the start.\n\n",
 		time.Now().UTC().Format(time.RFC3339), *rounds, *duration, numCPU(), loadAvg())
-	var cpuMD strings.Builder
-	cpuMD.WriteString("\n## CPU time per request (closed loop, the same rounds)\n\nUser+system CPU of each process over a round divided by the requests answered (medians). The three processes share the machine's CPUs, so once the direct path saturates them a closed loop's throughput is at most CPUs / (CPU per request of all processes): through the activator the best possible ratio is (load generator + server, direct) / (load generator + server + activator, via).\n\n| rows | connections | direct: load generator | direct: server | via: load generator | via: server | via: activator | best ratio the CPU allows | measured ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	md.WriteString("| rows | connections | direct req/s | via activator req/s | throughput ratio (spread) | direct p50 | via p50 | added p50 (spread) | direct p99 | via p99 | added p99 | failed | general path (ReverseProxy, net/http's Transport): ratio, added p50 |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	rowCounts := []int{1, 10000}
 	if *skipWide {
 		rowCounts = rowCounts[:1]
 	}
-	for _, rows := range rowCounts {
-		body := rowsBody(rows)
-		for _, conns := range []int{4, 64} {
-			load(direct, body, conns, time.Second) // warm both paths
-			load(via, body, conns, time.Second)
-			load(viaNet, body, conns, time.Second)
-			var d, v, vn []measurement
-			for range *rounds {
-				d = append(d, measure(server, nil, direct, body, conns, *duration))
-				v = append(v, measure(server, act, via, body, conns, *duration))
-				vn = append(vn, measure(server, actNet, viaNet, body, conns, *duration))
-			}
-			ratios := spread(d, v, func(d, v measurement) float64 { return v.rps / d.rps }, ratio)
-			added := spread(d, v, func(d, v measurement) float64 { return float64(v.p50 - d.p50) }, usf)
-			dm, vm, nm := median(d), median(v), median(vn)
-			fmt.Fprintf(&md, "| %d | %d | %.0f | %.0f | %.2f (%s) | %s | %s | %s (%s) | %s | %s | %s | %d | %.2f, %s |\n", rows, conns, dm.rps, vm.rps, vm.rps/dm.rps, ratios,
-				us(dm.p50), us(vm.p50), us(vm.p50-dm.p50), added, us(dm.p99), us(vm.p99), us(vm.p99-dm.p99), dm.failures+vm.failures+nm.failures, nm.rps/dm.rps, us(nm.p50-dm.p50))
-			best := (dm.loadCPU + dm.serverCPU) / (vm.loadCPU + vm.serverCPU + vm.actCPU)
-			fmt.Fprintf(&cpuMD, "| %d | %d | %s µs | %s µs | %s µs | %s µs | %s µs | %.2f | %.2f |\n", rows, conns, cpu(dm.loadCPU), cpu(dm.serverCPU),
-				cpu(vm.loadCPU), cpu(vm.serverCPU), cpu(vm.actCPU), best, vm.rps/dm.rps)
-			fmt.Fprintf(os.Stderr, "rows %d conns %d: direct %.0f/s p50 %s, via %.0f/s p50 %s (ratios %s); CPU µs/req direct load %.0f server %.0f, via load %.0f server %.0f activator %.0f\n",
-				rows, conns, dm.rps, us(dm.p50), vm.rps, us(vm.p50), ratios, dm.loadCPU, dm.serverCPU, vm.loadCPU, vm.serverCPU, vm.actCPU)
-		}
-	}
-	md.WriteString(cpuMD.String())
-
+	paths := benchPaths{direct: direct, via: via, viaNet: viaNet, floor: viaFloor, server: server, act: act, actNet: actNet, floorProc: floor}
+	md.WriteString("## Closed loop, all processes sharing the machine's CPUs\n\n")
+	closedLoop(&md, paths, rowCounts, *rounds, *duration, true)
 	// Open loop: a fixed rate well below what either path sustains.
 	body := rowsBody(1)
-	fmt.Fprintf(&md, "\n## Open loop, 1 row at %d requests/s\n\nRequests sent at a fixed rate, each on its own goroutine whatever the others do, %d interleaved rounds of %s per path (median, spread over the rounds): far below saturation the added latency is the activator's own, not queueing behind a saturated CPU.\n\n| path | req/s | p50 | p99 | added p50 (spread) | added p99 | failed | CPU µs/request: server | activator |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", *openRate, *rounds, *duration)
+	fmt.Fprintf(&md, "\n## Open loop, 1 row at %d requests/s\n\nRequests sent at a fixed rate, each on its own goroutine whatever the others do, %d interleaved rounds of %s per path (median, spread over the rounds): far below saturation the added latency is the activator's own, not queueing behind a saturated CPU.\n\n| path | req/s | p50 | p99 | added p50 (spread) | added p99 | failed | CPU µs/request: server | proxy |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", *openRate, *rounds, *duration)
 	openLoop(server, nil, direct, body, *openRate, time.Second)
 	openLoop(server, act, via, body, *openRate, time.Second)
-	var od, ov []measurement
+	openLoop(server, floor, viaFloor, body, *openRate, time.Second)
+	var od, ov, of []measurement
 	for range *rounds {
 		od = append(od, openLoop(server, nil, direct, body, *openRate, *duration))
 		ov = append(ov, openLoop(server, act, via, body, *openRate, *duration))
+		of = append(of, openLoop(server, floor, viaFloor, body, *openRate, *duration))
 	}
 	added := spread(od, ov, func(d, v measurement) float64 { return float64(v.p50 - d.p50) }, usf)
-	odm, ovm := median(od), median(ov)
+	addedFloor := spread(od, of, func(d, v measurement) float64 { return float64(v.p50 - d.p50) }, usf)
+	odm, ovm, ofm := median(od), median(ov), median(of)
 	fmt.Fprintf(&md, "| direct | %.0f | %s | %s | | | %d | %s | |\n", odm.rps, us(odm.p50), us(odm.p99), odm.failures, cpu(odm.serverCPU))
 	fmt.Fprintf(&md, "| via activator | %.0f | %s | %s | %s (%s) | %s | %d | %s | %s |\n", ovm.rps, us(ovm.p50), us(ovm.p99), us(ovm.p50-odm.p50), added, us(ovm.p99-odm.p99), ovm.failures, cpu(ovm.serverCPU), cpu(ovm.actCPU))
-	fmt.Fprintf(os.Stderr, "open loop %d/s: direct p50 %s, via p50 %s (added %s); activator %.0f µs/req, server %.0f µs/req\n", *openRate, us(odm.p50), us(ovm.p50), added, ovm.actCPU, ovm.serverCPU)
+	fmt.Fprintf(&md, "| via byte copy (floor) | %.0f | %s | %s | %s (%s) | %s | %d | %s | %s |\n", ofm.rps, us(ofm.p50), us(ofm.p99), us(ofm.p50-odm.p50), addedFloor, us(ofm.p99-odm.p99), ofm.failures, cpu(ofm.serverCPU), cpu(ofm.actCPU))
+	fmt.Fprintf(os.Stderr, "open loop %d/s: direct p50 %s, via p50 %s (added %s), byte copy p50 %s (added %s); activator %.0f µs/req, byte copy %.0f µs/req, server %.0f µs/req\n",
+		*openRate, us(odm.p50), us(ovm.p50), added, us(ofm.p50), addedFloor, ovm.actCPU, ofm.actCPU, ovm.serverCPU)
+	if *limit > 0 {
+		undo, err := cpuLimit(server.cmd.Process.Pid, *limit)
+		if err != nil {
+			return fmt.Errorf("putting the model server under %dm CPU: %w", *limit, err)
+		}
+		fmt.Fprintf(&md, "\n## Closed loop, the model server under a %dm CPU limit\n\nThe same server process, now in a cgroup with a CFS quota of %dm (what `resources.limits.cpu: %dm` gives a model pod); the activator and the load generator use the rest of the machine, as they do in a cluster where the activator is its own Deployment. This is the throughput question a user has: does putting the activator in front take capacity from the model's pods?\n\n", *limit, *limit, *limit)
+		closedLoop(&md, paths, rowCounts, *rounds, *duration, false)
+		undo() // kills the server in the group: it is done
+	}
+	floor.stop()
 	act.stop()
 	actNet.stop()
 	server.stop()
@@ -606,4 +605,60 @@ func loadAvg() string {
 func numCPU() int {
 	data, _ := os.ReadFile("/proc/cpuinfo")
 	return strings.Count(string(data), "processor\t:")
+}
+
+// benchPaths are the URLs of one run and the processes behind them.
+type benchPaths struct {
+	direct, via, viaNet, floor     string
+	server, act, actNet, floorProc *proc
+}
+
+// closedLoop measures every row count at 4 and 64 connections, the paths
+// interleaved round by round, and writes the latency/throughput table and
+// the CPU-per-request table. withCPUBound adds the column that says what
+// ratio the shared CPUs allow (meaningless once the server has a quota).
+func closedLoop(md *strings.Builder, p benchPaths, rowCounts []int, rounds int, duration time.Duration, withCPUBound bool) {
+	var cpuMD strings.Builder
+	cpuMD.WriteString("\nCPU time per request, the same rounds: user+system CPU of each process over a round divided by the requests answered (medians).")
+	if withCPUBound {
+		cpuMD.WriteString(" The processes share the machine's CPUs, so once the direct path saturates them a closed loop's throughput is at most CPUs / (CPU per request of all processes): through the activator the best possible ratio is (load generator + server, direct) / (load generator + server + activator, via).")
+	}
+	cpuMD.WriteString("\n\n| rows | connections | direct: load generator | direct: server | via: load generator | via: server | via: activator | byte copy: proxy |")
+	if withCPUBound {
+		cpuMD.WriteString(" best ratio the CPU allows | measured ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	} else {
+		cpuMD.WriteString(" measured ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	}
+	md.WriteString("| rows | connections | direct req/s | via activator req/s | throughput ratio (spread) | direct p50 | via p50 | added p50 (spread) | direct p99 | via p99 | added p99 | failed | general path (ReverseProxy): ratio, added p50 | byte copy (floor): ratio, added p50 |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n")
+	for _, rows := range rowCounts {
+		body := rowsBody(rows)
+		for _, conns := range []int{4, 64} {
+			load(p.direct, body, conns, time.Second) // warm every path
+			load(p.via, body, conns, time.Second)
+			load(p.viaNet, body, conns, time.Second)
+			load(p.floor, body, conns, time.Second)
+			var d, v, vn, vf []measurement
+			for range rounds {
+				d = append(d, measure(p.server, nil, p.direct, body, conns, duration))
+				v = append(v, measure(p.server, p.act, p.via, body, conns, duration))
+				vn = append(vn, measure(p.server, p.actNet, p.viaNet, body, conns, duration))
+				vf = append(vf, measure(p.server, p.floorProc, p.floor, body, conns, duration))
+			}
+			ratios := spread(d, v, func(d, v measurement) float64 { return v.rps / d.rps }, ratio)
+			added := spread(d, v, func(d, v measurement) float64 { return float64(v.p50 - d.p50) }, usf)
+			dm, vm, nm, fm := median(d), median(v), median(vn), median(vf)
+			fmt.Fprintf(md, "| %d | %d | %.0f | %.0f | %.2f (%s) | %s | %s | %s (%s) | %s | %s | %s | %d | %.2f, %s | %.2f, %s |\n", rows, conns, dm.rps, vm.rps, vm.rps/dm.rps, ratios,
+				us(dm.p50), us(vm.p50), us(vm.p50-dm.p50), added, us(dm.p99), us(vm.p99), us(vm.p99-dm.p99), dm.failures+vm.failures+nm.failures+fm.failures,
+				nm.rps/dm.rps, us(nm.p50-dm.p50), fm.rps/dm.rps, us(fm.p50-dm.p50))
+			fmt.Fprintf(&cpuMD, "| %d | %d | %s µs | %s µs | %s µs | %s µs | %s µs | %s µs |", rows, conns, cpu(dm.loadCPU), cpu(dm.serverCPU),
+				cpu(vm.loadCPU), cpu(vm.serverCPU), cpu(vm.actCPU), cpu(fm.actCPU))
+			if withCPUBound {
+				fmt.Fprintf(&cpuMD, " %.2f |", (dm.loadCPU+dm.serverCPU)/(vm.loadCPU+vm.serverCPU+vm.actCPU))
+			}
+			fmt.Fprintf(&cpuMD, " %.2f |\n", vm.rps/dm.rps)
+			fmt.Fprintf(os.Stderr, "rows %d conns %d: direct %.0f/s p50 %s, via %.0f/s p50 %s (ratios %s), byte copy %.0f/s p50 %s; CPU µs/req direct load %.0f server %.0f, via load %.0f server %.0f activator %.0f, byte copy %.0f\n",
+				rows, conns, dm.rps, us(dm.p50), vm.rps, us(vm.p50), ratios, fm.rps, us(fm.p50), dm.loadCPU, dm.serverCPU, vm.loadCPU, vm.serverCPU, vm.actCPU, fm.actCPU)
+		}
+	}
+	md.WriteString(cpuMD.String())
 }
