@@ -483,11 +483,17 @@ func run() error {
 	if *limit > 0 {
 		undo, err := cpuLimit(server.cmd.Process.Pid, *limit)
 		if err != nil {
-			return fmt.Errorf("putting the model server under %dm CPU: %w", *limit, err)
+			// Not root, or no writable CPU controller: say so in the
+			// report instead of losing the rest of the run.
+			fmt.Fprintf(&md, "\n## Closed loop, the model server under a %dm CPU limit\n\nNot measured: putting the model server under a CFS quota failed (%v). Run as root on a machine with a writable cgroup CPU controller, or -server-cpu-milli=0.\n", *limit, err)
+			fmt.Fprintf(os.Stderr, "activatorbench: no CPU-limited table: %v\n", err)
+			undo = nil
 		}
-		fmt.Fprintf(&md, "\n## Closed loop, the model server under a %dm CPU limit\n\nThe same server process, now in a cgroup with a CFS quota of %dm (what `resources.limits.cpu: %dm` gives a model pod); the activator and the load generator use the rest of the machine, as they do in a cluster where the activator is its own Deployment. This is the throughput question a user has: does putting the activator in front take capacity from the model's pods?\n\n", *limit, *limit, *limit)
-		closedLoop(&md, paths, rowCounts, *rounds, *duration, false)
-		undo() // kills the server in the group: it is done
+		if undo != nil {
+			fmt.Fprintf(&md, "\n## Closed loop, the model server under a %dm CPU limit\n\nThe same server process, now in a cgroup with a CFS quota of %dm (what `resources.limits.cpu: %dm` gives a model pod); the activator and the load generator use the rest of the machine, as they do in a cluster where the activator is its own Deployment. This is the throughput question a user has: does putting the activator in front take capacity from the model's pods?\n\n", *limit, *limit, *limit)
+			closedLoop(&md, paths, rowCounts, *rounds, *duration, false)
+			undo() // kills the server in the group: it is done
+		}
 	}
 	floor.stop()
 	act.stop()
