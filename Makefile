@@ -109,7 +109,7 @@ bench-loadgen: ## loadgen vs hey vs wrk: req/s on the same 1-row endpoint, same 
 	scripts/bench-loadgen.sh
 
 .PHONY: bench-activator
-bench-activator: ## Activator on loopback: direct vs through it (1 and 10,000 rows, 4 and 64 connections: added p50/p99, throughput ratio) and first request at zero; results/bench/activator.md.
+bench-activator: ## Activator on loopback: direct vs through it vs a byte-copying proxy (the floor), 1 and 10,000 rows, 4 and 64 connections, CPUs shared and the server under a 500m quota (root): added p50/p99, throughput ratio, CPU per request; open loop; first request at zero; results/bench/activator.md.
 	@mkdir -p results/bench $(BIN)
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/modelserver ./cmd/modelserver
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/activatorbench ./activator/internal/activatorbench
