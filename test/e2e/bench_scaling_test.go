@@ -71,11 +71,14 @@ type benchResult struct {
 	// counts the changes of spec.replicas in it.
 	ReplicaSeconds float64
 	ScaleEvents    int
-	// FirstRequestS (FromZero only) is the first request's latency at zero.
-	FirstRequestS float64
-	Sent, Failed  int64
-	Curve         []chart.Step
-	Note          string `json:",omitempty"`
+	// FirstRequestS (FromZero only) is the first request's latency at zero:
+	// the first sent, held until a pod is Ready; FirstRequestFailed says it
+	// was answered with an error instead.
+	FirstRequestS      float64
+	FirstRequestFailed bool
+	Sent, Failed       int64
+	Curve              []chart.Step
+	Note               string `json:",omitempty"`
 }
 
 const (
@@ -287,7 +290,7 @@ func runBenchConfig(t *testing.T, ctx context.Context, c benchConfig, body []byt
 	}
 	res.ReplicaSeconds += float64(last) * (benchWindow.Seconds() - lastT)
 	res.FinalReplicas = last
-	res.FirstRequestS = load.firstLatency()
+	res.FirstRequestS, res.FirstRequestFailed = load.firstLatency()
 	stopLoad()
 	load.wg.Wait()
 	res.Sent, res.Failed = load.sent.Load(), load.failed.Load()
@@ -400,6 +403,9 @@ func writeBenchReport(t *testing.T, out string, results []benchResult) {
 		first := ""
 		if r.FirstRequestS > 0 && strings.Contains(r.Name, "zero") {
 			first = fmt.Sprintf("%.2f", r.FirstRequestS)
+			if r.FirstRequestFailed {
+				first += " (failed)"
+			}
 		}
 		phase := "n/a"
 		if r.PhaseS >= 0 {

@@ -24,8 +24,9 @@ type openLoop struct {
 	sent, failed atomic.Int64
 	firstErr     atomic.Value
 	wg           sync.WaitGroup
-	once         sync.Once
-	first        atomic.Int64 // latency of the first request, ns
+	launched     atomic.Int64
+	first        atomic.Int64 // latency of the first request sent, ns
+	firstFailed  atomic.Bool
 
 	mu       sync.Mutex
 	failures []time.Time
@@ -44,8 +45,13 @@ func (l *openLoop) failedBetween(from, to time.Time) int {
 	return n
 }
 
-// firstLatency is the seconds the first request that ended took.
-func (l *openLoop) firstLatency() float64 { return time.Duration(l.first.Load()).Seconds() }
+// firstLatency is the seconds the first request sent took to be answered
+// (0 before it is), and whether that answer was a failure. Not the first
+// request to end: at zero a later one refused at once (a full hold queue)
+// ends first.
+func (l *openLoop) firstLatency() (float64, bool) {
+	return time.Duration(l.first.Load()).Seconds(), l.firstFailed.Load()
+}
 
 // onePrediction sends a one-row Seldon prediction to path.
 func onePrediction(path string) func(context.Context) error {
@@ -84,12 +90,16 @@ func (l *openLoop) run(ctx context.Context, send func(context.Context) error) {
 			l.wg.Add(1)
 			go func() {
 				defer l.wg.Done()
+				isFirst := l.launched.Add(1) == 1
 				start := time.Now()
 				err := send(ctx)
 				if ctx.Err() != nil {
 					return
 				}
-				l.once.Do(func() { l.first.Store(int64(time.Since(start))) })
+				if isFirst {
+					l.firstFailed.Store(err != nil)
+					l.first.Store(int64(time.Since(start)))
+				}
 				l.sent.Add(1)
 				if err != nil {
 					l.failed.Add(1)

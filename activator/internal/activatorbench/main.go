@@ -151,7 +151,15 @@ type proc struct {
 }
 
 func start(name string, args []string, keys ...string) (*proc, error) {
+	return startEnv(nil, name, args, keys...)
+}
+
+// startEnv is start with extra environment variables (KEY=VALUE).
+func startEnv(env []string, name string, args []string, keys ...string) (*proc, error) {
 	cmd := exec.Command(name, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -414,6 +422,7 @@ func run() error {
 		openRate = flag.Int("open-rate", 1000, "open-loop rate, requests per second")
 		skipWide = flag.Bool("only-1-row", false, "skip the 10,000-row rows (quick runs while tuning)")
 		profile  = flag.String("activator-cpuprofile", "", "write a CPU profile of the activator (its first 20 s) here")
+		actProcs = flag.Int("activator-gomaxprocs", 0, "GOMAXPROCS of the proxy processes, the activator and the byte copy (0: the Go default, every CPU; Go sets it from a container's CPU limit)")
 		limit    = flag.Int64("server-cpu-milli", 500, "second closed-loop table: the model server under this CFS quota (a pod's limits.cpu), 0 skips it")
 	)
 	flag.Parse()
@@ -430,17 +439,21 @@ func run() error {
 	if *profile != "" {
 		actArgs = append(actArgs, "--cpuprofile", *profile)
 	}
-	act, err := start(self, actArgs, "listening", "control")
+	var actEnv []string
+	if *actProcs > 0 {
+		actEnv = []string{"GOMAXPROCS=" + strconv.Itoa(*actProcs)}
+	}
+	act, err := startEnv(actEnv, self, actArgs, "listening", "control")
 	if err != nil {
 		return err
 	}
 	defer act.stop()
-	actNet, err := start(self, []string{"serve-activator", "--net-http", "--endpoint", server.addrs["listening"]}, "listening", "control")
+	actNet, err := startEnv(actEnv, self, []string{"serve-activator", "--net-http", "--endpoint", server.addrs["listening"]}, "listening", "control")
 	if err != nil {
 		return err
 	}
 	defer actNet.stop()
-	floor, err := start(self, []string{"serve-tcpcopy", "--upstream", server.addrs["listening"]}, "listening")
+	floor, err := startEnv(actEnv, self, []string{"serve-tcpcopy", "--upstream", server.addrs["listening"]}, "listening")
 	if err != nil {
 		return err
 	}
