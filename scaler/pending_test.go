@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/mlscale/mlscale/activator/api"
@@ -202,4 +203,40 @@ func TestActivatorServiceFlag(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Pods that exist but have no data (the first one not scraped yet, or one
+// the collector no longer scrapes) are "no data", Unavailable, until
+// requests are held at the activator: then no endpoint is ready, the pods
+// serve nothing, and the held requests are the value, as at zero pods.
+// KEDA rebuilds a trigger's scalers on any metric error, push stream
+// included, so answering the error there delayed the wake from zero.
+func TestHeldRequestsAnswerForUnscrapedPods(t *testing.T) {
+	src := world()
+	fa := newFakeActivator(t, held("model", "fresh-svc", 0, 0))
+	w := fa.watch(t)
+	ts := serve(t, src, Config{Pods: src, Pending: w})
+	c := pb.NewExternalScalerClient(dial(t, ts.addr, nil))
+	fresh := ref(md("deploymentName=fresh", "wakeServiceName=fresh-svc", "metricName=requests_per_second", "targetValue=5"))
+	waitFor(t, "the watcher to report the Service", func() bool {
+		_, _, ok := w.Pending("model", "fresh-svc")
+		return ok
+	})
+	if got := ask(t, c, fresh); got.ValueCode != codes.Unavailable {
+		t.Fatalf("unscraped pods, nothing held: %+v, want Unavailable", got)
+	}
+	fa.set(held("model", "fresh-svc", 3, 1))
+	waitFor(t, "held requests to be the value", func() bool {
+		got := ask(t, c, fresh)
+		return got.ValueCode == codes.OK && got.Active && got.MetricFloat == 4
+	})
+	// In flight only: endpoints are ready and serving, so missing data is
+	// missing data again.
+	fa.set(held("model", "fresh-svc", 0, 2))
+	waitFor(t, "in-flight requests alone not to hide missing data", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := c.GetMetrics(ctx, &pb.GetMetricsRequest{ScaledObjectRef: fresh, MetricName: "requests_per_second"})
+		return status.Code(err) == codes.Unavailable
+	})
 }

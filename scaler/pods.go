@@ -18,8 +18,11 @@ type ListerPodCounter struct {
 
 var _ PodCounter = ListerPodCounter{}
 
-// CountPods counts the pods matching sel that have not terminated: a pod
-// still pending or running will be (or should have been) scraped.
+// CountPods counts the pods matching sel that have not terminated and are
+// not being deleted: a pod still pending or running will be (or should have
+// been) scraped, while a terminating one is out of its Service's endpoints
+// and serves nothing new. A workload scaled to zero whose last pod is still
+// draining is at a known zero, not missing data.
 func (c ListerPodCounter) CountPods(_ context.Context, namespace string, sel labels.Selector) (int, error) {
 	pods, err := c.Pods.Pods(namespace).List(sel)
 	if err != nil {
@@ -27,7 +30,7 @@ func (c ListerPodCounter) CountPods(_ context.Context, namespace string, sel lab
 	}
 	n := 0
 	for _, p := range pods {
-		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed && p.DeletionTimestamp == nil {
 			n++
 		}
 	}
