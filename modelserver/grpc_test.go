@@ -525,7 +525,7 @@ mlscale_requests_total{code="400",model="iris",protocol="v2-grpc"} 11
 mlscale_requests_total{code="404",model="iris",protocol="v2-grpc"} 2
 mlscale_requests_total{code="413",model="iris",protocol="seldon-grpc"} 1
 `
-	if err := gatherAndCompare(reg, want, "mlscale_requests_total"); err != nil {
+	if err := eventuallyGatherAndCompare(reg, want, "mlscale_requests_total"); err != nil {
 		t.Error(err)
 	}
 }
@@ -603,7 +603,7 @@ func TestGRPCCompression(t *testing.T) {
 	if st, _ := status.FromError(err); st.Code() != codes.ResourceExhausted {
 		t.Errorf("4 MiB decompressed against a 1 MiB limit: %v, want ResourceExhausted", err)
 	}
-	if err := gatherAndCompare(reg, `
+	if err := eventuallyGatherAndCompare(reg, `
 # HELP mlscale_requests_total Prediction requests answered, by protocol and HTTP status code.
 # TYPE mlscale_requests_total counter
 mlscale_requests_total{code="200",model="iris",protocol="seldon"} 0

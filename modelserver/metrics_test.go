@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,21 @@ import (
 
 func gatherAndCompare(g prometheus.Gatherer, want string, names ...string) error {
 	return testutil.GatherAndCompare(g, strings.NewReader(want), names...)
+}
+
+// eventuallyGatherAndCompare is gatherAndCompare retried for up to 2 s:
+// for series counted after the answer is on the wire (gRPC's stats
+// handler sees a refused call's end after its status was sent), a client
+// can hold the answer before the count moved.
+func eventuallyGatherAndCompare(g prometheus.Gatherer, want string, names ...string) error {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err := gatherAndCompare(g, want, names...)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // TestMetricsExposition drives known traffic and compares the exposition
