@@ -199,6 +199,7 @@ func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb
 		return nil, trigger.Invalid("metricName: request asks for %q but the trigger's %s is %q", name, trigger.KeyMetricName, t.Metric)
 	}
 	v, pods, err := s.read(ctx, t)
+	held, pending, known := s.heldFor(t)
 	if err != nil {
 		// Requests held at the activator mean no endpoint is ready: the
 		// workload's pods, if any, serve nothing (the last one still
@@ -207,16 +208,13 @@ func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb
 		// also make KEDA rebuild the trigger's scalers (it does on any
 		// metric error), closing the push stream that is to wake it: run
 		// 2026-11-30T15:05 of bench-scaling (d) woke 9.4 s late that way.
-		held, n, ok := s.heldFor(t)
-		if !ok || held == 0 || status.Code(err) != codes.Unavailable {
+		if !known || held == 0 || status.Code(err) != codes.Unavailable {
 			return nil, err
 		}
-		v, pods = float64(n), 0
+		v, pods = 0, 0
 	}
-	if pods == 0 {
-		if n, ok := s.pendingFor(t); ok && n > 0 {
-			v = max(v, float64(n))
-		}
+	if pods == 0 && known && pending > 0 {
+		v = max(v, float64(pending))
 	}
 	return &pb.GetMetricsResponse{MetricValues: []*pb.MetricValue{{
 		MetricName:       t.Metric,

@@ -590,15 +590,14 @@ func keepKEDAOperatorLogs(t *testing.T, out string) {
 	if restarts == 0 && !t.Failed() {
 		return
 	}
-	dirs, _ := filepath.Glob(filepath.Join(env.state, "node", "pods", "keda_keda-operator-*"))
-	for _, d := range dirs {
-		data, err := os.ReadFile(filepath.Join(d, "keda-operator.log"))
+	for _, l := range containerLogs("keda_keda-operator-*", "keda-operator") {
+		data, err := os.ReadFile(l)
 		if err != nil {
 			continue
 		}
-		dst := filepath.Join(out, "keda-operator-"+strings.TrimPrefix(filepath.Base(d), "keda_")+".log")
+		dst := filepath.Join(out, "keda-operator-"+strings.TrimPrefix(filepath.Base(filepath.Dir(l)), "keda_")+".log")
 		if err := os.WriteFile(dst, data, 0o644); err != nil {
-			t.Logf("keeping %s: %v", d, err)
+			t.Logf("keeping %s: %v", l, err)
 			continue
 		}
 		var why []string

@@ -184,12 +184,16 @@ func kubectl(t *testing.T, ctx context.Context, stdin []byte, args ...string) st
 // node/pods/<namespace>_<pod>_<uid>/).
 func printComponentLogs() {
 	for _, pattern := range []string{"keda_keda-operator-*", "keda_keda-metrics-apiserver-*", "mlscale_mlscale-adapter-*", "mlscale_mlscale-scaler-*"} {
-		dirs, _ := filepath.Glob(filepath.Join(env.state, "node", "pods", pattern))
-		for _, d := range dirs {
-			logs, _ := filepath.Glob(filepath.Join(d, "*.log"))
-			for _, l := range logs {
-				fmt.Fprintf(os.Stderr, "e2e: %s (tail):\n%s\n", strings.TrimPrefix(l, env.state+"/"), tail(l))
-			}
+		for _, l := range containerLogs(pattern, "*") {
+			fmt.Fprintf(os.Stderr, "e2e: %s (tail):\n%s\n", strings.TrimPrefix(l, env.state+"/"), tail(l))
 		}
 	}
+}
+
+// containerLogs lists the container logs the node agent kept for the pods
+// whose <namespace>_<pod>_<uid> directory matches pod (deleted pods
+// included), for containers matching container.
+func containerLogs(pod, container string) []string {
+	logs, _ := filepath.Glob(filepath.Join(env.state, "node", "pods", pod, container+".log"))
+	return logs
 }

@@ -494,16 +494,14 @@ func run() error {
 	fmt.Fprintf(os.Stderr, "open loop %d/s: direct p50 %s, via p50 %s (added %s), byte copy p50 %s (added %s); activator %.0f µs/req, byte copy %.0f µs/req, server %.0f µs/req\n",
 		*openRate, us(odm.p50), us(ovm.p50), added, us(ofm.p50), addedFloor, ovm.actCPU, ofm.actCPU, ovm.serverCPU)
 	if *limit > 0 {
-		undo, err := cpuLimit(server.cmd.Process.Pid, *limit)
-		if err != nil {
+		fmt.Fprintf(&md, "\n## Closed loop, the model server under a %dm CPU limit\n\n", *limit)
+		if undo, err := cpuLimit(server.cmd.Process.Pid, *limit); err != nil {
 			// Not root, or no writable CPU controller: say so in the
 			// report instead of losing the rest of the run.
-			fmt.Fprintf(&md, "\n## Closed loop, the model server under a %dm CPU limit\n\nNot measured: putting the model server under a CFS quota failed (%v). Run as root on a machine with a writable cgroup CPU controller, or -server-cpu-milli=0.\n", *limit, err)
+			fmt.Fprintf(&md, "Not measured: putting the model server under a CFS quota failed (%v). Run as root on a machine with a writable cgroup CPU controller, or -server-cpu-milli=0.\n", err)
 			fmt.Fprintf(os.Stderr, "activatorbench: no CPU-limited table: %v\n", err)
-			undo = nil
-		}
-		if undo != nil {
-			fmt.Fprintf(&md, "\n## Closed loop, the model server under a %dm CPU limit\n\nThe same server process, now in a cgroup with a CFS quota of %dm (what `resources.limits.cpu: %dm` gives a model pod); the activator and the load generator use the rest of the machine, as they do in a cluster where the activator is its own Deployment. This is the throughput question a user has: does putting the activator in front take capacity from the model's pods?\n\n", *limit, *limit, *limit)
+		} else {
+			fmt.Fprintf(&md, "The same server process, now in a cgroup with a CFS quota of %dm (what `resources.limits.cpu: %dm` gives a model pod); the activator and the load generator use the rest of the machine, as they do in a cluster where the activator is its own Deployment. This is the throughput question a user has: does putting the activator in front take capacity from the model's pods?\n\n", *limit, *limit)
 			closedLoop(&md, paths, rowCounts, *rounds, *duration, false)
 			undo() // kills the server in the group: it is done
 		}
