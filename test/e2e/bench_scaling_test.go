@@ -602,7 +602,10 @@ func keepKEDAOperatorLogs(t *testing.T, out string) {
 		}
 		var why []string
 		for _, l := range strings.Split(string(data), "\n") {
-			if strings.Contains(l, `"level":"error"`) || strings.Contains(l, "leader election lost") || strings.HasPrefix(l, "E1") || strings.HasPrefix(l, "F1") {
+			// The local operator logs with --zap-encoder=console
+			// ("<time>\tERROR\t..."); klog lines start E/F<mmdd>.
+			if strings.Contains(l, "\tERROR\t") || strings.Contains(l, "\tDPANIC\t") || strings.Contains(l, "\tFATAL\t") ||
+				strings.Contains(l, "leader election lost") || strings.HasPrefix(l, "E1") || strings.HasPrefix(l, "F1") {
 				why = append(why, l)
 			}
 		}
