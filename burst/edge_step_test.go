@@ -1,6 +1,7 @@
 package burst
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -175,6 +176,49 @@ func TestEdgeStep(t *testing.T) {
 				t.Errorf("the recent window pushed on change (%.2f s) is not faster than the stable window on the heartbeat (%.2f s)", took[1], took[0])
 			}
 		})
+	}
+}
+
+// TestEdgeStepShortHold: behind the activator a 500 ms hold is enough. The
+// recent window crosses 200% about 0.3 s after the step and holds most of
+// a second of the new rate half a second later, so with the overlay's
+// scale-up policy (max(100%, 4 pods) per 15 s) the first burst is the HPA's
+// 1 -> 5 within 1.2 s, and only one Poisson seed in five needs a second
+// burst to reach it. The same hold on the pods' own 3 s window is a
+// staircase (1 -> 3 -> 5), which is why the default stays 1 s.
+func TestEdgeStepShortHold(t *testing.T) {
+	h := hpa{target: 4, min: 1, max: 20, behavior: overlayBehavior()}
+	p := Policy{Threshold: 2, Hold: 500 * time.Millisecond}
+	const stepAt = 20.0
+	type load struct {
+		name     string
+		arrivals []float64
+	}
+	loads := []load{{"even", append(evenly(1, 0, stepAt), evenly(24, stepAt, 40)...)}}
+	for seed := uint64(1); seed <= 9; seed += 2 {
+		loads = append(loads, load{fmt.Sprintf("poisson seed %d", seed), append(poisson(seed, 1, 0, stepAt), poisson(seed+1, 24, stepAt, 40)...)})
+	}
+	twoBursts := 0
+	for _, l := range loads {
+		name, arrivals := l.name, l.arrivals
+		ev := simulate(t, after, p, h, 1, 3*time.Second, arrivals, 40)
+		if len(ev) == 0 || ev[0].T < stepAt {
+			t.Fatalf("%s: bursts %+v, want the first after the step at %.0f s", name, ev, stepAt)
+		}
+		took := ev[0].T - stepAt
+		t.Logf("%s: first burst %.2f s after the step; %+v", name, took, ev)
+		if took > 1.2 {
+			t.Errorf("%s: first burst %.2f s after the step, want <= 1.2 s with a 500 ms hold", name, took)
+		}
+		if final := ev[len(ev)-1].To; final != 5 || len(ev) > 2 || (name == "even" && len(ev) != 1) {
+			t.Errorf("%s: bursts %+v, want one to 5 (the overlay's policy caps ceil(24/4) = 6), at most two with Poisson noise", name, ev)
+		}
+		if len(ev) == 2 {
+			twoBursts++
+		}
+	}
+	if twoBursts > 1 {
+		t.Errorf("%d of %d loads needed two bursts, want at most one", twoBursts, len(loads))
 	}
 }
 
