@@ -200,8 +200,8 @@ func TestEdgeStepShortHold(t *testing.T) {
 	}
 	twoBursts := 0
 	for _, l := range loads {
-		name, arrivals := l.name, l.arrivals
-		ev := simulate(t, after, p, h, 1, 3*time.Second, arrivals, 40)
+		name := l.name
+		ev := simulate(t, after, p, h, 1, 3*time.Second, l.arrivals, 40)
 		if len(ev) == 0 || ev[0].T < stepAt {
 			t.Fatalf("%s: bursts %+v, want the first after the step at %.0f s", name, ev, stepAt)
 		}

@@ -108,18 +108,12 @@ func New(reader collector.Reader, resolver collector.SelectorResolver, cfg Confi
 	return s
 }
 
-// pendingFor returns the requests held and in flight at the activator for t's
-// wake Service; ok is false without a source, a wake Service, or a fresh
-// answer, when only the metric counts.
-func (s *Server) pendingFor(t *trigger.Trigger) (int, bool) {
-	_, n, ok := s.heldFor(t)
-	return n, ok
-}
-
-// heldFor is pendingFor with the held part on its own: requests held are
-// waiting for a ready endpoint, so while any are, the workload serves
-// nothing new.
-func (s *Server) heldFor(t *trigger.Trigger) (held, pending int, ok bool) {
+// pendingFor returns the requests held and the requests pending (held and
+// in flight) at the activator for t's wake Service; ok is false without a
+// source, a wake Service, or a fresh answer, when only the metric counts.
+// Requests held are waiting for a ready endpoint, so while any are, the
+// workload serves nothing new.
+func (s *Server) pendingFor(t *trigger.Trigger) (held, pending int, ok bool) {
 	if s.pending == nil || t.WakeService == "" {
 		return 0, 0, false
 	}
@@ -130,7 +124,7 @@ func (s *Server) heldFor(t *trigger.Trigger) (held, pending int, ok bool) {
 // active is IsActive's answer: requests pending at the activator, or else the
 // metric above activationValue.
 func (s *Server) active(ctx context.Context, t *trigger.Trigger) (bool, error) {
-	if n, ok := s.pendingFor(t); ok && n > 0 {
+	if _, n, ok := s.pendingFor(t); ok && n > 0 {
 		return true, nil
 	}
 	v, err := s.value(ctx, t)
@@ -199,7 +193,7 @@ func (s *Server) GetMetrics(ctx context.Context, req *pb.GetMetricsRequest) (*pb
 		return nil, trigger.Invalid("metricName: request asks for %q but the trigger's %s is %q", name, trigger.KeyMetricName, t.Metric)
 	}
 	v, pods, err := s.read(ctx, t)
-	held, pending, known := s.heldFor(t)
+	held, pending, known := s.pendingFor(t)
 	if err != nil {
 		// Requests held at the activator mean no endpoint is ready: the
 		// workload's pods, if any, serve nothing (the last one still

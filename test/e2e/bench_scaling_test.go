@@ -609,12 +609,12 @@ func keepKEDAOperatorLogs(t *testing.T, out string) {
 			continue
 		}
 		var why []string
-		for _, l := range strings.Split(string(data), "\n") {
+		for _, line := range strings.Split(string(data), "\n") {
 			// The local operator logs with --zap-encoder=console
 			// ("<time>\tERROR\t..."); klog lines start E/F<mmdd>.
-			if strings.Contains(l, "\tERROR\t") || strings.Contains(l, "\tDPANIC\t") || strings.Contains(l, "\tFATAL\t") ||
-				strings.Contains(l, "leader election lost") || strings.HasPrefix(l, "E1") || strings.HasPrefix(l, "F1") {
-				why = append(why, l)
+			if strings.Contains(line, "\tERROR\t") || strings.Contains(line, "\tDPANIC\t") || strings.Contains(line, "\tFATAL\t") ||
+				strings.Contains(line, "leader election lost") || strings.HasPrefix(line, "E1") || strings.HasPrefix(line, "F1") {
+				why = append(why, line)
 			}
 		}
 		if len(why) > 20 {

@@ -24,7 +24,6 @@ type openLoop struct {
 	sent, failed atomic.Int64
 	firstErr     atomic.Value
 	wg           sync.WaitGroup
-	launched     atomic.Int64
 	first        atomic.Int64 // latency of the first request sent, ns
 	firstFailed  atomic.Bool
 
@@ -70,6 +69,7 @@ func (l *openLoop) run(ctx context.Context, send func(context.Context) error) {
 	go func() {
 		defer l.wg.Done()
 		last := time.Now().Add(-time.Second / time.Duration(l.rate.Load()))
+		isFirst := true // the first request sent, whichever ends first
 		for ctx.Err() == nil {
 			gap := time.Second / time.Duration(l.rate.Load())
 			next := last.Add(gap)
@@ -88,9 +88,8 @@ func (l *openLoop) run(ctx context.Context, send func(context.Context) error) {
 				last = time.Now()
 			}
 			l.wg.Add(1)
-			go func() {
+			go func(isFirst bool) {
 				defer l.wg.Done()
-				isFirst := l.launched.Add(1) == 1
 				start := time.Now()
 				err := send(ctx)
 				if ctx.Err() != nil {
@@ -108,7 +107,8 @@ func (l *openLoop) run(ctx context.Context, send func(context.Context) error) {
 					l.failures = append(l.failures, time.Now())
 					l.mu.Unlock()
 				}
-			}()
+			}(isFirst)
+			isFirst = false
 		}
 	}()
 }
